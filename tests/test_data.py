@@ -1,0 +1,165 @@
+"""Reading, validation, TRL formats, truncation policy, collation."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import MINILM, TINY_QWEN3
+from rayrm.data import (
+    BadRowError,
+    PairTokenizer,
+    pad_batch,
+    read_preferences,
+    render_row,
+    special_layout,
+    split_rows,
+    truncate_pair,
+)
+from rayrm.model import load_tokenizer
+
+
+def _write_jsonl(tmp_path, lines):
+    p = tmp_path / "prefs.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+GOOD = json.dumps({"prompt": "Q?", "chosen": " yes", "rejected": " no"})
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ('{"prompt": "Q?", "chosen": " yes", "rejected": ', "line 2: invalid JSON"),
+        ('{"prompt": "Q?", "chosen": " yes"}', "line 2: missing field 'rejected'"),
+        ('{"prompt": "Q?", "chosen": 3, "rejected": " no"}', "line 2: field 'chosen' must be a string"),
+        ('{"prompt": "Q?", "chosen": [], "rejected": []}', "line 2: field 'chosen' is an empty message list"),
+        ('{"prompt": "Q?", "chosen": [{"role": "assistant"}], "rejected": " no"}', "line 2: field 'chosen[0]'"),
+        ('{"prompt": "Q?", "chosen": "a", "rejected": "b", "margin": "big"}', "line 2: field 'margin'"),
+        ('[1, 2]', "line 2: row must be a JSON object"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tmp_path, bad, needle):
+    path = _write_jsonl(tmp_path, [GOOD, bad, GOOD])
+    with pytest.raises(BadRowError) as e:
+        read_preferences(path)
+    assert path in str(e.value) and needle in str(e.value)
+
+
+def test_skip_mode_counts_and_keeps_the_rest(tmp_path):
+    path = _write_jsonl(tmp_path, [GOOD, "{oops", GOOD, '{"chosen": "x"}', GOOD])
+    rows, report = read_preferences(path, on_bad_row="skip")
+    assert len(rows) == 3 and report.skipped == 2 and report.rows == 3
+    assert "line 2" in report.errors[0] and "line 4" in report.errors[1]
+
+
+def test_margin_required_for_margin_loss(tmp_path):
+    path = _write_jsonl(tmp_path, [json.dumps({"prompt": "Q", "chosen": "a", "rejected": "b", "margin": 2}), GOOD])
+    with pytest.raises(BadRowError, match="line 2: missing field 'margin'"):
+        read_preferences(path, require_margin=True)
+    rows, _ = read_preferences(path)
+    assert rows[0]["margin"] == 2.0 and "margin" not in rows[1]
+
+
+def test_parquet_rows_are_named_by_row(tmp_path):
+    p = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "chosen": ["x", None], "rejected": ["y", "z"]}), p)
+    with pytest.raises(BadRowError, match=r"p\.parquet:row 1: missing field 'chosen'"):
+        read_preferences(str(p))
+
+
+def test_datasets_dir(tmp_path):
+    import datasets
+
+    d = tmp_path / "ds"
+    datasets.Dataset.from_list([{"prompt": "a", "chosen": "x", "rejected": "y"}] * 3).save_to_disk(str(d))
+    rows, _ = read_preferences(str(d))
+    assert len(rows) == 3 and rows[0]["chosen"] == "x"
+
+
+def test_formats_render_through_trl():
+    tok = load_tokenizer(MINILM)
+    implicit = render_row({"chosen": "Human: hi Assistant: yes", "rejected": "Human: hi Assistant: no"}, tok)
+    assert implicit["prompt"] + implicit["chosen"] == "Human: hi Assistant: yes"
+    assert implicit["prompt"].startswith("Human: hi Assistant:") and implicit["chosen"].strip() == "yes"
+    conv = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "hello"}],
+        "rejected": [{"role": "assistant", "content": "go away"}],
+    }
+    out = render_row(conv, tok)  # no chat template -> plain "Role: content" rendering
+    assert out["prompt"].endswith("User: hi\n\nAssistant:") and out["chosen"] == " hello"
+
+
+def test_chat_template_is_used_when_present():
+    tok = load_tokenizer(MINILM)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    out = render_row(
+        {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "A"}],
+         "rejected": [{"role": "assistant", "content": "B"}]},
+        tok,
+    )
+    assert out["prompt"].startswith("<user>hi") and "A" in out["chosen"]
+
+
+def test_truncation_keeps_the_response_end():
+    p, r, cut = truncate_pair([1, 2, 3, 4], [5, 6], 4)
+    assert (p, r, cut) == ([3, 4], [5, 6], True)  # prompt cut from the left
+    p, r, cut = truncate_pair([1, 2], [3, 4, 5, 6, 7], 3)
+    assert (p, r, cut) == ([], [5, 6, 7], True)  # response keeps its end
+    assert truncate_pair([1], [2], 5) == ([1], [2], False)
+
+
+def test_tokenizer_layouts_and_counts():
+    bert = load_tokenizer(MINILM)
+    lay = special_layout(bert)
+    assert lay.prefix == [bert.cls_token_id] and lay.suffix == [bert.sep_token_id]  # [SEP] acts as EOS
+    pt = PairTokenizer(MINILM, max_length=16)
+    out = pt({"prompt": ["word " * 40, "hi"], "chosen": [" a b c", " yes"], "rejected": [" d", " no"]})
+    assert list(out["truncated"]) == [1, 0]
+    first = out["chosen_ids"][0]
+    assert len(first) == 16 and first[0] == bert.cls_token_id and first[-1] == bert.sep_token_id
+    assert list(first[-4:-1]) == bert(" a b c", add_special_tokens=False)["input_ids"]
+
+
+def test_pad_batch_sides():
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, padding_side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, padding_side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_split_is_seeded_and_complete():
+    rows = [{"i": i} for i in range(50)]
+    tr, ev = split_rows(rows, 0.1, seed=3)
+    assert len(ev) == 5 and len(tr) == 45
+    assert sorted(r["i"] for r in tr + ev) == list(range(50))
+    assert split_rows(rows, 0.1, seed=3) == (tr, ev)
+
+
+def test_length_grouping_keeps_every_pair_once_and_cuts_padding():
+    import numpy as np
+
+    from rayrm.data import length_grouped
+
+    rng = np.random.default_rng(0)
+    n = 64
+    lens = rng.integers(5, 200, size=n)
+    big = {
+        "chosen_ids": np.array([np.arange(k) for k in lens], dtype=object),
+        "rejected_ids": np.array([np.arange(3) for _ in lens], dtype=object),
+        "weight": np.ones(n, np.float32),
+        "row": np.arange(n),
+    }
+    grouped = list(length_grouped(iter([big]), 8, seed=1))
+    plain = list(length_grouped(iter([big]), 8, seed=1, group=False))
+    assert sorted(np.concatenate([b["row"] for b in grouped]).tolist()) == list(range(n))
+    for b in grouped:  # a pair's chosen and rejected stay in the same row of the same micro-batch
+        assert all(len(c) == lens[r] for c, r in zip(b["chosen_ids"], b["row"]))
+
+    def padded_tokens(batches):
+        return sum(len(b["row"]) * max(len(c) for c in b["chosen_ids"]) for b in batches)
+
+    assert padded_tokens(grouped) < 0.7 * padded_tokens(plain)

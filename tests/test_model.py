@@ -1,0 +1,71 @@
+"""Reward read-out: padding invariance, pad == EOS, encoder pooling, plain-transformers agreement."""
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from conftest import MINILM, TINY_QWEN3
+from rayrm.data import pad_batch, special_layout, tokenize_texts
+from rayrm.model import compute_rewards, is_decoder, load_reward_model, load_tokenizer
+
+PROMPTS = ["Human: what is two plus two?\n\nAssistant:", "Human: hi\n\nAssistant:", "Human: name a colour\n\nAssistant:"]
+RESPONSES = [" four, obviously, and here is a long explanation of why", " hello", " blue"]
+
+
+def _seqs(tok):
+    ids, _ = tokenize_texts(PROMPTS, RESPONSES, tok, 64, special_layout(tok))
+    return ids
+
+
+def _alone(model, seqs):
+    """Each sequence through the model on its own: no padding at all."""
+    return torch.stack([compute_rewards(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))[0] for s in seqs])
+
+
+def test_decoder_left_and_right_padding_agree():
+    tok = load_tokenizer(MINILM)
+    model = load_reward_model(TINY_QWEN3, tok, seed=1).eval()
+    assert is_decoder(model)
+    seqs = _seqs(tok)
+    with torch.no_grad():
+        left = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "left"))
+        right = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
+        alone = _alone(model, seqs)
+    assert torch.allclose(left, right, atol=1e-5), (left, right)
+    assert torch.allclose(right, alone, atol=1e-5)
+    assert left.std() > 0  # rewards differ between inputs: the read-out is not constant
+
+
+def test_pad_equal_to_eos_still_reads_the_last_real_token():
+    tok = load_tokenizer(MINILM)
+    model = load_reward_model(TINY_QWEN3, tok, seed=2).eval()
+    seqs = _seqs(tok)  # every sequence ends in EOS ([SEP])
+    eos = tok.eos_token_id
+    with torch.no_grad():
+        alone = _alone(model, seqs)
+        for side in ("left", "right"):
+            ids, mask = pad_batch(seqs, eos, side)  # pad with the EOS id itself
+            assert torch.allclose(compute_rewards(model, ids, mask), alone, atol=1e-5)
+
+
+def test_plain_transformers_agrees_with_rayrm(tmp_path):
+    tok = load_tokenizer(MINILM)
+    model = load_reward_model(TINY_QWEN3, tok, seed=3).eval()
+    model.save_pretrained(tmp_path)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    seqs = _seqs(tok)
+    with torch.no_grad():
+        ours = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
+        theirs = plain(*pad_batch(seqs, tok.pad_token_id, "right")).logits[:, 0]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_encoder_keeps_its_pooler():
+    tok = load_tokenizer(MINILM)
+    model = load_reward_model(MINILM, tok).eval()
+    assert not is_decoder(model)
+    seqs = _seqs(tok)
+    with torch.no_grad():
+        batch = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
+        alone = _alone(model, seqs)
+        direct = model(*pad_batch(seqs, tok.pad_token_id, "right")).logits[:, 0]
+    assert torch.allclose(batch, alone, atol=1e-5) and torch.equal(batch, direct)

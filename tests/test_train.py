@@ -1,0 +1,97 @@
+"""End-to-end training on a real local Ray cluster: Ray Train + DeepSpeed (gloo, CPU) on a tiny Qwen3."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import MINILM, TINY_QWEN3
+from rayrm.config import TrainConfig, load_config
+from rayrm.data import pad_batch, read_preferences, render_row, special_layout, split_rows, tokenize_texts
+from rayrm.metrics import pairwise_accuracy, reward_stats
+from rayrm.train import run_training
+
+pytestmark = pytest.mark.integration
+
+
+def _cfg(tmp_path, data_path, *overrides) -> TrainConfig:
+    base = [
+        f"name=t{abs(hash(overrides)) % 10**8}",
+        f"output_dir={tmp_path}",
+        f"model={TINY_QWEN3}",
+        f"tokenizer={MINILM}",
+        f"data.path={data_path}",
+        "data.max_length=64",
+        "data.eval_fraction=0.125",
+        "train.micro_batch_size=8",
+        "train.eval_batch_size=4",
+        "optim.lr=1e-3",
+        "train.log_every=1",
+    ]
+    return load_config(None, base + list(overrides), TrainConfig)
+
+
+def _plain_eval_rewards(export: str, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out rewards computed with plain transformers only (no rayrm model code), one pair at a time."""
+    model = AutoModelForSequenceClassification.from_pretrained(export).eval()
+    tok = AutoTokenizer.from_pretrained(export)
+    rows, _ = read_preferences(cfg.data.path)
+    _, held = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)
+    texts = [render_row(r, tok) for r in held]
+    lay = special_layout(tok)
+    out = []
+    for field in ("chosen", "rejected"):
+        ids, _ = tokenize_texts([t["prompt"] for t in texts], [t[field] for t in texts], tok, cfg.data.max_length, lay)
+        with torch.no_grad():
+            out.append(torch.stack([model(input_ids=torch.tensor([s])).logits[0, 0] for s in ids]))
+    return out[0], out[1]
+
+
+def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
+    for f in ("config.json", "model.safetensors", "tokenizer_config.json", "rayrm.json"):
+        assert os.path.exists(os.path.join(export, f)), f
+    meta = json.load(open(os.path.join(export, "rayrm.json")))
+    assert meta["max_length"] == 64 and meta["loss"] == "bradley_terry" and meta["padding_side"] == cfg.padding_side
+    assert meta["reward_readout"] == "last_non_pad_token"
+    r_c, r_r = _plain_eval_rewards(export, cfg)
+    assert len(r_c) == metrics["eval_pairs"] == metrics["eval_num_pairs"]
+    stats = reward_stats(torch.cat([r_c, r_r]))
+    # the exported model, loaded with plain transformers, reproduces what rayrm measured during training
+    assert abs(stats["mean"] - meta["reward_mean"]) < 1e-4 and abs(stats["std"] - meta["reward_std"]) < 1e-4
+    assert abs(pairwise_accuracy(r_c, r_r) - metrics["eval_accuracy"]) < 1e-6
+    # and padded batches in plain transformers give the same rewards as one row at a time
+    model = AutoModelForSequenceClassification.from_pretrained(export).eval()
+    tok = AutoTokenizer.from_pretrained(export)
+    seqs = [tok("Human: hi\n\nAssistant: hello there")["input_ids"], tok("Human: yo\n\nAssistant: no")["input_ids"]]
+    with torch.no_grad():
+        batch = model(*pad_batch(seqs, tok.pad_token_id, "right")).logits[:, 0]
+        alone = torch.stack([model(input_ids=torch.tensor([s])).logits[0, 0] for s in seqs])
+    assert torch.allclose(batch, alone, atol=1e-5)
+
+
+def test_zero2_two_workers_trains_evaluates_and_exports(ray_cluster, tmp_path, hh_small):
+    cfg = _cfg(tmp_path, hh_small, "deepspeed.zero_stage=2", "train.eval_every=2", "train.checkpoint_every=3")
+    m = run_training(cfg)
+    assert m["train_pairs"] == 84 and m["eval_pairs"] == 12 and m["skipped_rows"] == 0
+    assert m["step"] == 6  # 42 pairs per worker / 8 per micro-batch -> 6 optimizer steps
+    for k in ("eval_loss", "eval_accuracy", "eval_margin", "eval_ece", "eval_reward_mean", "eval_reward_std"):
+        assert k in m and m[k] == m[k]  # present and not NaN
+    assert m["truncated_train"] > 0  # 400-char prompts + replies exceed 64 tokens: counted, not dropped
+    _check_export(os.path.join(tmp_path, "final"), cfg, m)
+
+
+def test_zero3_two_workers(ray_cluster, tmp_path, hh_small):
+    cfg = _cfg(tmp_path, hh_small, "deepspeed.zero_stage=3", "padding_side=left")
+    m = run_training(cfg)
+    assert m["step"] == 6 and m["restarts"] == 0
+    _check_export(os.path.join(tmp_path, "final"), cfg, m)
+
+
+def test_worker_failure_resumes_from_checkpoint(ray_cluster, tmp_path, hh_small):
+    cfg = _cfg(tmp_path, hh_small, "train.checkpoint_every=2", "train.fail_at_step=2", "train.max_failures=1")
+    m = run_training(cfg)
+    assert m["restarts"] == 1  # one worker died after the step-2 checkpoint; the group restarted from it
+    assert m["step"] == 6  # and finished every step
+    _check_export(os.path.join(tmp_path, "final"), cfg, m)
