@@ -39,6 +39,8 @@ class DataConfig:
         _check(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)")
         _check(self.max_length >= 8, "data.max_length must be >= 8")
         _check(self.on_bad_row in ("error", "skip"), "data.on_bad_row must be 'error' or 'skip'")
+        _check(self.eval_fraction > 0 or self.eval_path is not None,
+               "data.eval_fraction must be > 0 unless data.eval_path names a held-out file")
 
 
 @dataclass
@@ -72,6 +74,13 @@ class OptimConfig:
     warmup_ratio: float = 0.03  # linear warmup share of all steps, then linear decay to 0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
+    def validate(self) -> None:
+        import math
+
+        _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr must be a positive number")
+        _check(0.0 <= self.warmup_ratio <= 1.0, "optim.warmup_ratio must be in [0, 1]")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas must be two numbers in [0, 1)")
+
 
 @dataclass
 class TrainLoopConfig:
@@ -97,6 +106,12 @@ class TrainLoopConfig:
         _check(self.loss in PAIR_LOSSES, f"train.loss must be one of {sorted(PAIR_LOSSES)}")
         _check(self.epochs >= 1 and self.micro_batch_size >= 1, "train.epochs and micro_batch_size must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
+        for name in ("eval_batch_size", "log_every", "length_group_batches", "max_failures"):
+            _check(getattr(self, name) >= (0 if name == "max_failures" else 1), f"train.{name} must be >= 1")
+        _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every/checkpoint_every must be >= 0")
+        if self.fail_at_step is not None:
+            _check(self.checkpoint_every > 0 and self.fail_at_step % self.checkpoint_every == 0,
+                   "train.fail_at_step must be a checkpoint step (a multiple of train.checkpoint_every)")
 
 
 @dataclass
@@ -118,7 +133,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.padding_side in ("left", "right"), "padding_side must be 'left' or 'right'")
-        for sub in (self.data, self.deepspeed, self.scaling, self.train):
+        for sub in (self.data, self.deepspeed, self.scaling, self.optim, self.train):
             sub.validate()
 
 

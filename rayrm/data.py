@@ -58,9 +58,8 @@ def _iter_raw_rows(path: str, split: str) -> Iterator[tuple[str, Any]]:
     else:
         import datasets
 
-        if os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(
-            os.path.join(path, "state.json")
-        ):
+        saved = ("dataset_info.json", "state.json", "dataset_dict.json")
+        if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in saved):
             ds = datasets.load_from_disk(path)
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[split]
@@ -206,6 +205,13 @@ def truncate_pair(prompt_ids: list[int], response_ids: list[int], budget: int) -
     return [], response_ids[len(response_ids) - budget :], True
 
 
+def _with_layout(ids: list[int], layout: SpecialLayout) -> list[int]:
+    """prefix + ids + suffix, without doubling a BOS that a chat template already rendered."""
+    n = len(layout.prefix)
+    prefix = [] if n and ids[:n] == layout.prefix else layout.prefix
+    return prefix + ids + layout.suffix
+
+
 def tokenize_texts(
     prompts: list[str], responses: list[str], tokenizer: Any, max_length: int, layout: SpecialLayout
 ) -> tuple[list[list[int]], list[bool]]:
@@ -216,9 +222,30 @@ def tokenize_texts(
     out, truncated = [], []
     for p, r in zip(p_ids, r_ids, strict=True):
         p, r, cut = truncate_pair(p, r, budget)
-        out.append(layout.prefix + p + r + layout.suffix)
+        out.append(_with_layout(p + r, layout))
         truncated.append(cut)
     return out, truncated
+
+
+def tokenize_pairs(
+    prompts: list[str], chosen: list[str], rejected: list[str], tokenizer: Any, max_length: int, layout: SpecialLayout
+) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+    """Like `tokenize_texts` for pairs, but the prompt is cut once per pair (by the longer response), so chosen and
+    rejected always see the same prompt tokens: a length-dependent prompt cut would leak a length cue."""
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(chosen, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(rejected, add_special_tokens=False)["input_ids"]
+    budget = max_length - len(layout.prefix) - len(layout.suffix)
+    out_c, out_r, truncated = [], [], []
+    for p, c, r in zip(p_ids, c_ids, r_ids, strict=True):
+        longer = c if len(c) >= len(r) else r
+        p_cut, _, cut = truncate_pair(p, longer, budget)
+        c_fit = truncate_pair(p_cut, c, budget)
+        r_fit = truncate_pair(p_cut, r, budget)
+        out_c.append(_with_layout(c_fit[0] + c_fit[1], layout))
+        out_r.append(_with_layout(r_fit[0] + r_fit[1], layout))
+        truncated.append(cut)
+    return out_c, out_r, truncated
 
 
 class PairTokenizer:
@@ -235,11 +262,13 @@ class PairTokenizer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         prompts = [str(p) for p in batch["prompt"]]
         out: dict[str, Any] = {}
-        trunc = np.zeros(len(prompts), dtype=bool)
-        for name in RESPONSE_FIELDS:
-            ids, cut = tokenize_texts(prompts, [str(r) for r in batch[name]], self.tokenizer, self.max_length, self.layout)
-            out[f"{name}_ids"] = [np.asarray(x, dtype=np.int32) for x in ids]
-            trunc |= np.asarray(cut)
+        c_ids, r_ids, cut = tokenize_pairs(
+            prompts, [str(x) for x in batch["chosen"]], [str(x) for x in batch["rejected"]],
+            self.tokenizer, self.max_length, self.layout,
+        )
+        out["chosen_ids"] = [np.asarray(x, dtype=np.int32) for x in c_ids]
+        out["rejected_ids"] = [np.asarray(x, dtype=np.int32) for x in r_ids]
+        trunc = np.asarray(cut, dtype=bool)
         weight = np.asarray(batch["weight"], dtype=np.float32) if "weight" in batch else np.ones(len(prompts), np.float32)
         out["weight"] = weight
         out["truncated"] = (trunc & (weight > 0)).astype(np.int8)  # filler copies are not counted twice

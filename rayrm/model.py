@@ -49,7 +49,7 @@ def is_decoder(model: PreTrainedModel) -> bool:
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
-    """Tokenizer with a pad token. Encoders always pad right (their pooler reads position 0)."""
+    """Tokenizer with a pad token distinct from EOS. (Encoders are re-padded right by `compute_rewards`.)"""
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     if tok.eos_token is None and tok.sep_token is not None:
         tok.eos_token = tok.sep_token  # BERT-style vocabularies end a sequence with [SEP]
@@ -98,6 +98,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def to_right_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move left padding to the right, row by row: (b, s) -> (b, s). Encoders need [CLS] at position 0."""
+    s = attention_mask.shape[1]
+    lead = (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)  # (b, 1) leading pad count
+    idx = (torch.arange(s, device=input_ids.device).unsqueeze(0) + lead) % s
+    return input_ids.gather(1, idx), attention_mask.gather(1, idx)
+
+
 def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar rewards (b,) for a padded batch (b, s).
 
@@ -105,6 +113,8 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     Encoders: the model's own logits (its pooler).
     """
     if not is_decoder(model):
+        if bool((attention_mask[:, 0] == 0).any()):
+            input_ids, attention_mask = to_right_padding(input_ids, attention_mask)
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(

@@ -62,6 +62,7 @@ def deepspeed_config(c: dict[str, Any]) -> dict[str, Any]:
         "gradient_clipping": ds["gradient_clipping"],
         "zero_optimization": zero,
         "bf16": {"enabled": ds["precision"] == "bf16"},
+        "zero_force_ds_cpu_optimizer": False,  # our torch AdamW also runs with CPU offload (DeepSpeedCPUAdam needs a build)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -71,10 +72,12 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
     """Load tokenizer + model, wrap in a DeepSpeed engine with AdamW and linear warmup/decay."""
     import deepspeed
 
-    from rayrm.model import load_reward_model, load_tokenizer
+    from rayrm.model import is_decoder, load_reward_model, load_tokenizer
 
     tok = load_tokenizer(c["tokenizer"] or c["model"], c["trust_remote_code"], c["padding_side"])
     model = load_reward_model(c["model"], tok, c["trust_remote_code"], seed=c["train"]["seed"])
+    if not is_decoder(model):
+        tok.padding_side = "right"  # encoder poolers read position 0
     o = c["optim"]
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
     warmup = max(1, int(total_steps * o["warmup_ratio"]))
@@ -180,7 +183,7 @@ def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float],
         ray.train.report({**metrics, "final": 1}, checkpoint=ckpt)
 
 
-def _load_eval(c: dict[str, Any], pad_id: int) -> list[dict[str, torch.Tensor]]:
+def _load_eval(c: dict[str, Any], pad_id: int, padding_side: str) -> list[dict[str, torch.Tensor]]:
     """Pull this rank's eval shard into memory once (it is re-used at every evaluation)."""
     import ray.train
 
@@ -192,10 +195,28 @@ def _load_eval(c: dict[str, Any], pad_id: int) -> list[dict[str, torch.Tensor]]:
     out = []
     bs = c["train"]["eval_batch_size"]
     for b in length_grouped(shard.iter_batches(batch_size=bs * 64, batch_format="numpy"), bs, 0):
-        batch = collate_pairs(b, pad_id, c["padding_side"])
+        batch = collate_pairs(b, pad_id, padding_side)
         batch["weight"] = torch.tensor(b["weight"], dtype=torch.float32)
         out.append(batch)
     return out
+
+
+def _inject_fault(c: dict[str, Any], rank: int, world: int, step: int) -> None:
+    """Test hook: the last rank exits hard once, after the checkpoint of `step` is registered.
+
+    Ray Train's controller collects reported checkpoints on a ~2 s poll, so every rank waits at a barrier and then
+    a few seconds before the exit; a marker file in output_dir makes it happen on the first attempt only.
+    """
+    import torch.distributed as dist
+
+    marker = os.path.join(c["output_dir"], ".fault_injected")
+    dist.barrier()
+    time.sleep(5)
+    if rank == world - 1 and not os.path.exists(marker):
+        os.makedirs(c["output_dir"], exist_ok=True)
+        open(marker, "w").close()
+        print(f"[rayrm] fault injection: rank {rank} exits hard at step {step}", flush=True)
+        os._exit(1)
 
 
 # ---------------------------------------------------------------- the loop
@@ -221,13 +242,14 @@ def train_loop(c: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            engine.load_checkpoint(d, tag=DS_TAG)
+            path, _ = engine.load_checkpoint(d, tag=DS_TAG)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed found no checkpoint under {d} (tag {DS_TAG!r}); refusing to resume untrained")
             with open(os.path.join(d, STATE_FILE)) as f:
                 state = json.load(f)
         state["restarts"] += 1
         log(f"resumed from checkpoint at step {state['step']} (epoch {state['epoch']}, restart {state['restarts']})")
-    first_attempt = ckpt is None
-    eval_batches = _load_eval(c, tok.pad_token_id)
+    eval_batches = _load_eval(c, tok.pad_token_id, tok.padding_side)
     shard = ray.train.get_dataset_shard("train")
 
     # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
@@ -241,8 +263,9 @@ def train_loop(c: dict[str, Any]) -> None:
         for micro, b in enumerate(it):
             if micro < state["micro_step"]:
                 continue  # fast-forward after a restart
-            batch = _device_batch(collate_pairs(b, tok.pad_token_id, c["padding_side"]), device)
+            batch = _device_batch(collate_pairs(b, tok.pad_token_id, tok.padding_side), device)
             weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
+            boundary = engine.is_gradient_accumulation_boundary()  # this micro-batch completes an optimizer step
             r_c, r_r = _rewards(engine, batch)
             loss = loss_fn(r_c, r_r, batch["margin"], weight)
             if tr["center_coef"]:
@@ -255,8 +278,8 @@ def train_loop(c: dict[str, Any]) -> None:
             pairs_seen += n_real
             truncated += int((batch["truncated"] & (weight > 0)).sum())
             state["micro_step"] = micro + 1
-            if state["micro_step"] % tr["gradient_accumulation_steps"]:
-                continue  # DeepSpeed stepped the optimizer only at accumulation boundaries
+            if not boundary:
+                continue  # DeepSpeed steps the optimizer only at accumulation boundaries
             state["step"] += 1
             step = state["step"]
 
@@ -275,19 +298,15 @@ def train_loop(c: dict[str, Any]) -> None:
                     _save_checkpoint(engine, state, metrics)
                 else:
                     ray.train.report(metrics)
-                if do_ckpt and first_attempt and tr["fail_at_step"] == step and rank == min(1, world - 1):
-                    log(f"fault injection: rank {rank} exits at step {step}")
-                    os._exit(1)
+                if do_ckpt and tr["fail_at_step"] == step:
+                    _inject_fault(c, rank, world, step)
         state["epoch"] += 1
         state["micro_step"] = 0
 
     # 4. final evaluation over all ranks, then export
-    eval_metrics, r_c, r_r = evaluate(engine, eval_batches, device)
-    import torch.distributed as dist
-
-    counts = torch.tensor([truncated, sum(sizes)], dtype=torch.long)
-    dist.all_reduce(counts)
     from rayrm.metrics import reward_stats
+
+    eval_metrics, r_c, r_r = evaluate(engine, eval_batches, device)
 
     metrics = {
         "step": state["step"],
@@ -348,7 +367,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         ds = ds.map_batches(
             PairTokenizer,
             fn_constructor_kwargs={
-                "tokenizer_name": cfg.tokenizer or cfg.model,
+                "tokenizer_name": _abs_if_local(cfg.tokenizer or cfg.model),
                 "max_length": d.max_length,
                 "trust_remote_code": cfg.trust_remote_code,
             },
@@ -388,8 +407,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     world = cfg.scaling.num_workers
     rows_per_worker = (facts["train_pairs"] + world - 1) // world
     micro_steps = math.ceil(rows_per_worker / cfg.train.micro_batch_size)
-    total_steps = cfg.train.epochs * max(1, micro_steps // cfg.train.gradient_accumulation_steps)
-    loop_config = {**to_dict(cfg), "total_steps": total_steps}
+    # DeepSpeed counts micro-steps across epochs; a trailing partial accumulation is not stepped
+    total_steps = max(1, cfg.train.epochs * micro_steps // cfg.train.gradient_accumulation_steps)
+    loop_config = {**to_dict(cfg), "total_steps": total_steps, "output_dir": output_dir}
     loop_config["model"] = _abs_if_local(cfg.model)
     loop_config["tokenizer"] = _abs_if_local(cfg.tokenizer) if cfg.tokenizer else None
     resources = {"CPU": cfg.scaling.cpus_per_worker}

@@ -44,3 +44,18 @@ def test_dotted_overrides_are_typed():
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(ROOT / "configs/train/default.yaml", [override], TrainConfig)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("data.eval_fraction=0", "data.eval_fraction"),
+        ("train.log_every=0", "train.log_every"),
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=.nan", "optim.lr"),
+        ("train.fail_at_step=3", "train.fail_at_step"),
+    ],
+)
+def test_semantic_checks(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(ROOT / "configs/train/default.yaml", [override], TrainConfig)

@@ -163,3 +163,26 @@ def test_length_grouping_keeps_every_pair_once_and_cuts_padding():
         return sum(len(b["row"]) * max(len(c) for c in b["chosen_ids"]) for b in batches)
 
     assert padded_tokens(grouped) < 0.7 * padded_tokens(plain)
+
+
+def test_pair_prompt_is_cut_once_for_both_responses():
+    from rayrm.data import tokenize_pairs
+
+    tok = load_tokenizer(MINILM)
+    lay = special_layout(tok)
+    prompt = " ".join(f"w{i}" for i in range(30))
+    c, r, cut = tokenize_pairs([prompt], [" short"], [" a much longer answer with many more words in it"], tok, 24, lay)
+    assert cut == [True] and len(r[0]) == 24 and len(c[0]) < 24
+    c_resp = tok(" short", add_special_tokens=False)["input_ids"]
+    r_resp = tok(" a much longer answer with many more words in it", add_special_tokens=False)["input_ids"]
+    # both sequences carry exactly the same (left-cut) prompt tokens
+    assert c[0][: len(c[0]) - len(c_resp) - 1] == r[0][: len(r[0]) - len(r_resp) - 1]
+
+
+def test_no_double_bos_when_the_template_rendered_one():
+    from rayrm.data import SpecialLayout, tokenize_texts
+
+    tok = load_tokenizer(MINILM)
+    lay = SpecialLayout([tok.cls_token_id], [tok.sep_token_id])
+    ids, _ = tokenize_texts(["[CLS] hi"], [" there"], tok, 32, lay)
+    assert ids[0].count(tok.cls_token_id) == 1

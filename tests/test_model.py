@@ -69,3 +69,13 @@ def test_encoder_keeps_its_pooler():
         alone = _alone(model, seqs)
         direct = model(*pad_batch(seqs, tok.pad_token_id, "right")).logits[:, 0]
     assert torch.allclose(batch, alone, atol=1e-5) and torch.equal(batch, direct)
+
+
+def test_encoder_left_padding_is_moved_right():
+    tok = load_tokenizer(MINILM)
+    model = load_reward_model(MINILM, tok).eval()
+    seqs = _seqs(tok)
+    with torch.no_grad():
+        left = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "left"))
+        right = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
+    assert torch.allclose(left, right, atol=1e-5)

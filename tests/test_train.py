@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import MINILM, TINY_QWEN3
 from rayrm.config import TrainConfig, load_config
-from rayrm.data import pad_batch, read_preferences, render_row, special_layout, split_rows, tokenize_texts
+from rayrm.data import pad_batch, read_preferences, render_row, special_layout, split_rows, tokenize_pairs
 from rayrm.metrics import pairwise_accuracy, reward_stats
 from rayrm.train import run_training
 
@@ -41,9 +41,12 @@ def _plain_eval_rewards(export: str, cfg: TrainConfig) -> tuple[torch.Tensor, to
     _, held = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)
     texts = [render_row(r, tok) for r in held]
     lay = special_layout(tok)
+    c_ids, r_ids, _ = tokenize_pairs(
+        [t["prompt"] for t in texts], [t["chosen"] for t in texts], [t["rejected"] for t in texts],
+        tok, cfg.data.max_length, lay,
+    )
     out = []
-    for field in ("chosen", "rejected"):
-        ids, _ = tokenize_texts([t["prompt"] for t in texts], [t[field] for t in texts], tok, cfg.data.max_length, lay)
+    for ids in (c_ids, r_ids):
         with torch.no_grad():
             out.append(torch.stack([model(input_ids=torch.tensor([s])).logits[0, 0] for s in ids]))
     return out[0], out[1]
