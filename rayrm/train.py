@@ -201,6 +201,18 @@ def _load_eval(c: dict[str, Any], pad_id: int, padding_side: str) -> list[dict[s
     return out
 
 
+def _global_mean(losses: list[float], sizes: list[int], device: torch.device) -> float:
+    """Pair-weighted mean of the per-micro-batch losses over every rank (a collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    from rayrm.metrics import size_weighted_mean
+
+    n = sum(sizes)
+    t = torch.tensor([size_weighted_mean(losses, sizes) * n, float(n)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t[0] / t[1].clamp(min=1))
+
+
 def _inject_fault(c: dict[str, Any], rank: int, world: int, step: int) -> None:
     """Test hook: the last rank exits hard once, after the checkpoint of `step` is registered.
 
@@ -253,7 +265,7 @@ def train_loop(c: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
 
     # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
-    losses, sizes, truncated, t0, pairs_seen = [], [], 0, time.time(), 0
+    losses, sizes, t0, pairs_seen = [], [], time.time(), 0
     eval_metrics: dict[str, float] = {}
     while state["epoch"] < tr["epochs"]:
         buffers = shard.iter_batches(
@@ -276,7 +288,6 @@ def train_loop(c: dict[str, Any]) -> None:
             losses.append(loss.item())
             sizes.append(n_real)
             pairs_seen += n_real
-            truncated += int((batch["truncated"] & (weight > 0)).sum())
             state["micro_step"] = micro + 1
             if not boundary:
                 continue  # DeepSpeed steps the optimizer only at accumulation boundaries
@@ -293,7 +304,7 @@ def train_loop(c: dict[str, Any]) -> None:
                 eval_metrics, _, _ = evaluate(engine, eval_batches, device)
                 log(f"step {step} eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in eval_metrics.items()))
             if do_eval or do_ckpt:
-                metrics = {"step": step, "train_loss": size_weighted_mean(losses, sizes), **eval_metrics}
+                metrics = {"step": step, "train_loss": _global_mean(losses, sizes, device), **eval_metrics}
                 if do_ckpt:
                     _save_checkpoint(engine, state, metrics)
                 else:
@@ -310,7 +321,7 @@ def train_loop(c: dict[str, Any]) -> None:
 
     metrics = {
         "step": state["step"],
-        "train_loss": size_weighted_mean(losses, sizes),
+        "train_loss": _global_mean(losses, sizes, device),
         "train_pairs_per_s": pairs_seen * world / max(1e-9, time.time() - t0),
         "restarts": state["restarts"],
         **eval_metrics,
