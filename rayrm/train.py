@@ -426,6 +426,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
+    _guard_run_dir(os.path.join(cfg.storage_path or os.path.join(output_dir, "ray"), cfg.name), loop_config)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -460,6 +461,29 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
     return metrics
+
+
+def _guard_run_dir(run_dir: str, loop_config: dict[str, Any]) -> None:
+    """Ray Train resumes any run found at storage_path/name. Allow that only for the same config (a rerun after a
+    crash); a different config there would silently continue someone else's checkpoint, so refuse it."""
+    if "://" in run_dir:
+        return  # remote storage: left to the user
+    keep = {k: v for k, v in loop_config.items() if k not in ("train", "output_dir", "storage_path")}
+    keep["train"] = {k: v for k, v in loop_config["train"].items() if k not in ("fail_at_step", "max_failures", "log_every")}
+    fingerprint = json.dumps(keep, sort_keys=True, default=str)
+    path = os.path.join(run_dir, "rayrm_run_config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() != fingerprint:
+                raise RuntimeError(
+                    f"{run_dir} holds a Ray Train run with a different config, which Ray would resume from; "
+                    "choose another `name` or `output_dir`/`storage_path`, or delete that directory"
+                )
+        log(f"resuming the run in {run_dir} (same config)")
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(fingerprint)
 
 
 def _abs_if_local(name: str) -> str:

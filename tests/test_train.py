@@ -98,3 +98,14 @@ def test_worker_failure_resumes_from_checkpoint(ray_cluster, tmp_path, hh_small)
     assert m["restarts"] == 1  # one worker died after the step-2 checkpoint; the group restarted from it
     assert m["step"] == 6  # and finished every step
     _check_export(os.path.join(tmp_path, "final"), cfg, m)
+
+
+def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
+    from rayrm.train import _guard_run_dir
+
+    run_dir = str(tmp_path / "run")
+    base = {"model": "m", "data": {"max_length": 64}, "train": {"lr": 1, "fail_at_step": None}, "output_dir": "x"}
+    _guard_run_dir(run_dir, base)
+    _guard_run_dir(run_dir, {**base, "train": {"lr": 1, "fail_at_step": 2}, "output_dir": "y"})  # same run: resumes
+    with pytest.raises(RuntimeError, match="different config"):
+        _guard_run_dir(run_dir, {**base, "data": {"max_length": 128}})
