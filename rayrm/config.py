@@ -137,6 +137,47 @@ class TrainConfig:
             sub.validate()
 
 
+# ---------------------------------------------------------------- offline scoring job schema
+@dataclass
+class ScoreConfig:
+    """`python jobs/score.py --config FILE model=... input=... output=...`."""
+
+    model: str = ""  # an export dir written by jobs/train.py (<output_dir>/final)
+    input: str = ""  # Parquet or JSONL: a file, a directory or a glob; any filesystem pyarrow reads (s3://, gs://)
+    output: str = ""  # directory: rewards/ shards, best_of_n/, _SUCCESS.json
+    prompt_field: str = "prompt"  # text (or message list) of the prompt
+    completion_field: str = "completion"  # text (or message list) of the completion
+    messages_field: str = "messages"  # alternative to prompt/completion: a conversation ending in the assistant turn
+    id_field: str = "id"  # kept when present; otherwise derived as "<file>:<row>" (stable across reruns)
+    prompt_id_field: str = "prompt_id"  # groups the N completions of one prompt for best-of-N
+    best_of_n: str = "auto"  # "auto": when the input has prompt ids; "on": require them; "off"
+    top_k: int = 1  # best-of-N also lists the top k completions per prompt when > 1
+    dtype: str = "fp32"  # "fp32" or "bf16" (AMX CPUs, GPUs)
+    num_actors: int = 1  # model replicas in the scoring pool
+    cpus_per_actor: float = 1.0  # CPUs reserved per scoring actor
+    gpus_per_actor: float = 0.0  # GPUs per scoring actor (0 on CPU)
+    torch_threads: int | None = None  # intra-op threads per actor; None -> cpus_per_actor rounded up
+    tokenize_cpus: float = 0.5  # CPUs per tokenisation task (fractional so they share cores with the actors)
+    token_budget: int = 16384  # max padded tokens (rows x longest) per forward
+    max_batch_rows: int = 256  # max rows per forward
+    block_rows: int = 2048  # rows per Ray Data block; length-sorting happens inside each block
+    on_bad_row: str = "error"  # "error": stop naming file/row/field; "mark": keep the row, fill `error`, no reward
+    max_rows: int | None = None  # score only the first N input rows (quick runs); None -> all
+    # Test hook: a writer SIGKILLs the driver (same machine) once this many shards exist, as a killed job would be.
+    fail_after_shards: int | None = None
+
+    def validate(self) -> None:
+        for name in ("model", "input", "output"):
+            _check(bool(getattr(self, name)), f"{name} is required (e.g. {name}=...)")
+        _check(self.best_of_n in ("auto", "on", "off"), "best_of_n must be 'auto', 'on' or 'off'")
+        _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
+        _check(self.on_bad_row in ("error", "mark"), "on_bad_row must be 'error' or 'mark'")
+        _check(self.top_k >= 1 and self.num_actors >= 1, "top_k and num_actors must be >= 1")
+        _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0, "cpus_per_actor and tokenize_cpus must be > 0")
+        _check(self.token_budget >= 16 and self.max_batch_rows >= 1 and self.block_rows >= 1,
+               "token_budget must be >= 16, max_batch_rows and block_rows >= 1")
+
+
 # ---------------------------------------------------------------- loading
 def _check(ok: bool, msg: str) -> None:
     if not ok:

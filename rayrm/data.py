@@ -169,6 +169,28 @@ def render_row(row: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     return ex
 
 
+def render_completion(prompt: Any, completion: Any, tokenizer: Any) -> tuple[str, str]:
+    """One rollout -> (prompt text, completion text), rendered the way training rendered a preference row.
+
+    Plain strings pass through. Message lists (`prompt` a list of messages, `completion` a list with the final
+    assistant message) go through TRL's `maybe_apply_chat_template` when the tokenizer has a chat template, and
+    through the same plain `\n\nHuman: ...\n\nAssistant:` fallback as `render_row` otherwise.
+    """
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt, completion
+    from trl.data_utils import maybe_apply_chat_template
+
+    ex = {"prompt": prompt, "completion": completion}
+    if getattr(tokenizer, "chat_template", None):
+        out = maybe_apply_chat_template(ex, tokenizer)
+        return out["prompt"], out["completion"]
+    p = _render_plain(prompt) + "\n\nAssistant:"
+    c = _render_plain(completion)
+    if c.startswith("\n\nAssistant: "):
+        c = " " + c[len("\n\nAssistant: "):]
+    return p, c
+
+
 # ---------------------------------------------------------------- tokenisation
 @dataclass(frozen=True)
 class SpecialLayout:

@@ -148,3 +148,39 @@ def save_export(
 def read_meta(model_dir: str) -> dict[str, Any]:
     with open(os.path.join(model_dir, META_FILE)) as f:
         return json.load(f)
+
+
+def export_base_model(
+    model_name: str,
+    out_dir: str,
+    max_length: int,
+    tokenizer_name: str | None = None,
+    seed: int = 0,
+    padding_side: str = "right",
+) -> str:
+    """Export an untrained reward model (a backbone with a fresh head) in the training export's format.
+
+    For tests and benchmarks of scoring and serving, which need a `<dir>` with weights and `rayrm.json` but not a
+    trained head. Reward stats are 0/1, so `reward_normalized` equals `reward`.
+    """
+    tok = load_tokenizer(tokenizer_name or model_name, padding_side=padding_side)
+    model = load_reward_model(model_name, tok, seed=seed)
+    torch.manual_seed(seed)
+    torch.nn.init.normal_((model.score if is_decoder(model) else model.classifier).weight, std=0.5)
+    meta = {
+        "format": 1,
+        "base_model": model_name,
+        "tokenizer": tokenizer_name or model_name,
+        "architecture": type(model).__name__,
+        "reward_readout": "last_non_pad_token" if is_decoder(model) else "encoder_pooler",
+        "max_length": max_length,
+        "padding_side": padding_side,
+        "append_eos": True,
+        "loss": "untrained",
+        "dtype": "float32",
+        "reward_mean": 0.0,
+        "reward_std": 1.0,
+        "metrics": {},
+    }
+    save_export(model, tok, out_dir, meta)
+    return out_dir

@@ -41,3 +41,29 @@ def ray_cluster():
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> str:
+    """An untrained tiny Qwen3 reward model in the training export's format (scoring/serving tests)."""
+    from rayrm.model import export_base_model
+
+    return export_base_model(TINY_QWEN3, str(tmp_path_factory.mktemp("tiny_export")), 96, tokenizer_name=MINILM, seed=3)
+
+
+@pytest.fixture(scope="session")
+def minilm_export(tmp_path_factory) -> str:
+    """Pretrained MiniLM (BERT encoder) with a fresh head, exported: the encoder path of scoring/serving."""
+    from rayrm.model import export_base_model
+
+    return export_base_model(MINILM, str(tmp_path_factory.mktemp("minilm_export")), 128, seed=4)
+
+
+@pytest.fixture(scope="session")
+def rollouts(hh_rows) -> list[dict]:
+    """Rollouts made from HH pairs: each pair gives two completions of one prompt (prompt_id = pair index)."""
+    out = []
+    for i, r in enumerate(hh_rows[:40]):
+        for k in ("chosen", "rejected"):
+            out.append({"prompt": r["prompt"][-300:], "completion": r[k], "prompt_id": i, "kind": k})
+    return out

@@ -4,17 +4,18 @@ from pathlib import Path
 
 import pytest
 
-from rayrm.config import ConfigError, TrainConfig, load_config
+from rayrm.config import ConfigError, ScoreConfig, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = {"train": TrainConfig}
+SCHEMAS = {"train": TrainConfig, "score": ScoreConfig}
+REQUIRED = {"score": ["input=/data/rollouts.parquet", "output=/tmp/scored"]}  # per-run keys a config leaves empty
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_loads(path):
     kind = path.relative_to(ROOT / "configs").parts[0]
     assert kind in SCHEMAS, f"no schema for configs/{kind}"
-    cfg = load_config(path, [], SCHEMAS[kind])
+    cfg = load_config(path, REQUIRED.get(kind, []), SCHEMAS[kind])
     assert path.read_text().startswith("#"), "each config opens with a comment giving its command"
     assert "python jobs/" in path.read_text()
     if isinstance(cfg, TrainConfig) and cfg.model.startswith("configs/"):
@@ -59,3 +60,10 @@ def test_bad_values_name_the_key(override, needle):
 def test_semantic_checks(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(ROOT / "configs/train/default.yaml", [override], TrainConfig)
+
+
+def test_score_config_requires_model_input_output():
+    with pytest.raises(ConfigError, match="input is required"):
+        load_config(ROOT / "configs/score/default.yaml", [], ScoreConfig)
+    with pytest.raises(ConfigError, match="on_bad_row"):
+        load_config(ROOT / "configs/score/default.yaml", REQUIRED["score"] + ["on_bad_row=drop"], ScoreConfig)

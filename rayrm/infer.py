@@ -1,0 +1,126 @@
+"""Reward inference on an exported checkpoint: the core shared by offline scoring (Ray Data) and serving (Ray Serve).
+
+`RewardScorer(model_dir)` loads `<output_dir>/final` (plain HF files + rayrm.json) once per actor or replica and
+turns (prompt, completion) rows into scalar rewards exactly as training computed them: the same rendering, the same
+truncation (prompt cut from the left, the end of the completion kept) and the same read-out. Rows are sorted by length
+and cut into batches under a token budget, so little compute goes to padding; a reward does not depend on which rows
+share its batch (padding-invariant to 1e-5 in fp32).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[np.ndarray]:
+    """Indices of rows grouped into batches, longest first, each with rows * longest <= token_budget.
+
+    Sorting by length means each padded batch (b, s) wastes little of b * s on padding. A row longer than the budget
+    goes alone. Every index appears in exactly one batch.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(1, int(lengths[order[start]]))
+        n = max(1, min(max_rows, token_budget // longest))
+        batches.append(order[start : start + n])
+        start += n
+    return batches
+
+
+@dataclass
+class Tokenized:
+    """Token ids per row and whether the row lost tokens to max_length."""
+
+    ids: list[list[int]]
+    truncated: list[bool]
+
+
+class RewardScorer:
+    """An exported reward model ready to score: load once, call many times.
+
+    `dtype` "bf16" runs the matmuls in bfloat16 (AMX CPUs, GPUs); rewards come back as float32 either way.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        dtype: str = "fp32",
+        device: str | None = None,
+        token_budget: int = 16384,
+        max_batch_rows: int = 256,
+        torch_threads: int | None = None,
+    ):
+        from transformers import AutoModelForSequenceClassification
+
+        from rayrm.data import special_layout
+        from rayrm.model import load_tokenizer, read_meta, resolve_model_path
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model_dir = resolve_model_path(model_dir)
+        if not os.path.exists(os.path.join(self.model_dir, "rayrm.json")):
+            raise FileNotFoundError(f"{self.model_dir}: no rayrm.json; pass an export written by jobs/train.py (<output_dir>/final)")
+        self.meta: dict[str, Any] = read_meta(self.model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = load_tokenizer(self.model_dir, padding_side="right")
+        self.tokenizer.model_max_length = 10**9  # rayrm truncates itself
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, dtype=DTYPES[dtype])
+        self.model.to(self.device).eval()
+        self.layout = special_layout(self.tokenizer, self.meta.get("append_eos", True))
+        self.max_length: int = int(self.meta["max_length"])
+        self.token_budget = token_budget
+        self.max_batch_rows = max_batch_rows
+        self.reward_mean = float(self.meta.get("reward_mean", 0.0))
+        self.reward_std = float(self.meta.get("reward_std", 1.0))
+
+    # -------------------------------------------------------------- text -> ids
+    def tokenize(self, prompts: Sequence[Any], completions: Sequence[Any]) -> Tokenized:
+        """Render (strings or message lists) and tokenise with training's truncation policy."""
+        from rayrm.data import render_completion, tokenize_texts
+
+        rendered = [render_completion(p, c, self.tokenizer) for p, c in zip(prompts, completions, strict=True)]
+        ids, truncated = tokenize_texts(
+            [r[0] for r in rendered], [r[1] for r in rendered], self.tokenizer, self.max_length, self.layout
+        )
+        return Tokenized(ids, truncated)
+
+    # -------------------------------------------------------------- ids -> rewards
+    @torch.inference_mode()
+    def score_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Rewards (n,) float32 in input order; rows sorted by length into token-budget batches."""
+        from rayrm.data import pad_batch
+        from rayrm.model import compute_rewards
+
+        out = np.empty(len(seqs), dtype=np.float32)
+        if not len(seqs):
+            return out
+        for idx in token_budget_batches([len(s) for s in seqs], self.token_budget, self.max_batch_rows):
+            ids, mask = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id, "right")
+            r = compute_rewards(self.model, ids.to(self.device), mask.to(self.device))
+            out[idx] = r.float().cpu().numpy()
+        return out
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> np.ndarray:
+        """(prompt, completion) rows -> raw rewards (n,) float32."""
+        return self.score_ids(self.tokenize(prompts, completions).ids)
+
+    def normalize(self, rewards: np.ndarray) -> np.ndarray:
+        """(r - mean) / std with the eval-split stats stored in rayrm.json (std 0 -> 1)."""
+        std = self.reward_std if self.reward_std > 1e-8 else 1.0
+        return ((np.asarray(rewards, dtype=np.float64) - self.reward_mean) / std).astype(np.float32)
+
+    @property
+    def model_id(self) -> str:
+        """What produced the rewards: the export path (the base model is in `meta['base_model']`)."""
+        return self.model_dir

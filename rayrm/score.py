@@ -1,0 +1,573 @@
+"""Offline scoring of RL rollouts with Ray Data: read -> validate -> tokenise -> score -> write, plus best-of-N.
+
+`run_scoring(cfg)` is the whole job. It streams (memory stays bounded whatever the input size):
+
+1. read: one read task per JSONL file or Parquet row group, yielding blocks that carry each row's file and row number
+   (so a bad row is named exactly); rows already scored by an earlier interrupted run are dropped here (resume);
+2. tokenise: CPU tasks render the prompt/completion (or messages) and apply training's truncation policy;
+3. score: a pool of `RewardScorer` actors; each sorts its block by length and cuts token-budget batches;
+4. write: each block becomes one Parquet shard under `output/rewards/`, written to a temporary name and renamed, and
+   named from its ids, so a retried task rewrites the same shard instead of adding a duplicate;
+5. verify that every input row is in the output exactly once, then best-of-N per prompt id, then `_SUCCESS.json`.
+
+A job that dies leaves no `_SUCCESS.json`; rerunning it with the same output scores only the rows that are missing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from rayrm.config import ScoreConfig
+
+SHARDS = "rewards"
+BEST = "best_of_n"
+SUCCESS = "_SUCCESS.json"
+SRC, ROW = "_rayrm_file", "_rayrm_row"  # internal columns, dropped before writing
+TMP_PREFIX = "_tmp-"
+
+
+class BadRolloutError(ValueError):
+    """A rollout row that cannot be scored; the message names the file, row and field."""
+
+
+def log(msg: str) -> None:
+    print(f"[rayrm.score] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- filesystem helpers
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or any URI pyarrow understands (s3://, gs://, hdfs://)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def list_input_files(spec: str) -> list[str]:
+    """A file, a directory (recursive) or a glob -> sorted data file paths (as URIs when `spec` is one)."""
+    fs, path = _fs(spec)
+    scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+    exts = (".parquet", ".jsonl", ".json")
+    if any(ch in path for ch in "*?["):
+        parts = path.split("/")
+        first = next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))
+        base = "/".join(parts[:first]) or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        found = [i.path for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path)]
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"input {spec!r} not found")
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            found = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(exts)
+                     and not os.path.basename(i.path).startswith((".", "_"))]
+        else:
+            found = [path]
+    if not found:
+        raise FileNotFoundError(f"input {spec!r} matches no .parquet/.jsonl files")
+    for f in found:
+        if not f.endswith(exts):
+            raise ValueError(f"input file {f!r}: expected .parquet, .jsonl or .json")
+    return sorted(scheme + f for f in found)
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Shell-style match where `*` stays inside one path segment (fnmatch alone lets it cross `/`)."""
+    a, b = path.split("/"), pattern.split("/")
+    return len(a) == len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """One read task: a whole JSONL file, or one Parquet row group starting at row `offset` of its file."""
+
+    path: str
+    row_group: int = -1
+    offset: int = 0
+
+
+def plan_reads(files: list[str]) -> tuple[list[ReadUnit], int | None]:
+    """Read units for the files and the total row count when it is known without reading (Parquet only)."""
+    units, total = [], 0
+    for f in files:
+        if f.endswith(".parquet"):
+            fs, p = _fs(f)
+            with fs.open_input_file(p) as fh:
+                md = pq.ParquetFile(fh).metadata
+            offset = 0
+            for g in range(md.num_row_groups):
+                units.append(ReadUnit(f, g, offset))
+                offset += md.row_group(g).num_rows
+            total += md.num_rows
+        else:
+            units.append(ReadUnit(f))
+            total = None if total is None else total
+    has_jsonl = any(not u.path.endswith(".parquet") for u in units)
+    return units, None if has_jsonl else total
+
+
+def count_input_rows(files: list[str]) -> int:
+    """Rows in all inputs: Parquet from metadata, JSONL by counting non-blank lines (one streaming pass)."""
+    n = 0
+    for f in files:
+        fs, p = _fs(f)
+        if f.endswith(".parquet"):
+            with fs.open_input_file(p) as fh:
+                n += pq.ParquetFile(fh).metadata.num_rows
+        else:
+            with fs.open_input_stream(p) as fh:
+                n += sum(1 for line in _lines(fh) if line.strip())
+    return n
+
+
+def _lines(fh: Any) -> Iterator[bytes]:
+    buf = b""
+    while True:
+        chunk = fh.read(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        yield from lines
+    if buf:
+        yield buf
+
+
+def id_hash(ids: Any) -> np.ndarray:
+    """64-bit hashes of row ids (as strings): the resume bookkeeping, 8 bytes a row."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(str(x).encode(), digest_size=8).digest(), "little") for x in ids], dtype=np.uint64
+    )
+
+
+# ---------------------------------------------------------------- step 1: read + validate
+def _fields(cfg: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    return cfg["prompt_field"], cfg["completion_field"], cfg["messages_field"], cfg["id_field"], cfg["prompt_id_field"]
+
+
+def _row_error(row: dict[str, Any], cfg: dict[str, Any], need_pid: bool) -> str | None:
+    """Why a rollout cannot be scored (naming the field), or None."""
+    pf, cf, mf, idf, pidf = _fields(cfg)
+    if mf in row and row[mf] is not None and not (pf in row or cf in row):
+        msgs = row[mf]
+        if not isinstance(msgs, list) or len(msgs) < 2:
+            return f"field '{mf}' must be a list of at least two messages (prompt turns, then the assistant reply)"
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                return f"field '{mf}[{j}]' must be a {{'role': str, 'content': str}} message"
+        if msgs[-1]["role"] != "assistant":
+            return f"field '{mf}': the last message must be the assistant's completion, got role {msgs[-1]['role']!r}"
+    else:
+        for name in (pf, cf):
+            v = row.get(name)
+            if v is None:
+                return f"field '{name}' is missing or null"
+            if not isinstance(v, (str, list)):
+                return f"field '{name}' must be a string or a message list, got {type(v).__name__}"
+    if idf in row and row[idf] is None:
+        return f"field '{idf}' is null"
+    if need_pid and row.get(pidf) is None:
+        return f"field '{pidf}' is missing or null (best-of-N is on)"
+    return None
+
+
+def _finish_rows(rows: list[dict[str, Any]], locs: list[tuple[str, int]], cfg: dict[str, Any], rel: str,
+                 need_pid: bool, done: np.ndarray | None) -> pa.Table | None:
+    """Validate, derive ids, drop rows scored by an earlier run; -> Arrow table with SRC/ROW/error columns."""
+    idf = cfg["id_field"]
+    errors: list[str | None] = []
+    for row, (path, i) in zip(rows, locs):
+        if row.get("_rayrm_bad") is not None:
+            err = row.pop("_rayrm_bad")
+        else:
+            err = _row_error(row, cfg, need_pid)
+        if err is not None and cfg["on_bad_row"] == "error":
+            raise BadRolloutError(f"{path}:row {i}: {err} (set on_bad_row=mark to keep going and flag such rows)")
+        errors.append(err)
+        if err is not None:  # keep the row, but a text field of the wrong type cannot share its Arrow column
+            for f in _fields(cfg)[:3]:
+                if f in row and row[f] is not None and not isinstance(row[f], (str, list)):
+                    errors[-1] = f"{err} (value {row[f]!r})"
+                    row[f] = None
+        if idf not in row:
+            row[idf] = f"{rel}:{i}"
+    keep = np.ones(len(rows), dtype=bool)
+    if done is not None and len(done):
+        keep = ~np.isin(id_hash([r[idf] for r in rows]), done)
+    if not keep.any():
+        return None
+    sel = np.flatnonzero(keep)
+    rows = [rows[i] for i in sel]
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise BadRolloutError(f"{locs[sel[0]][0]}: rows {locs[sel[0]][1]}-{locs[sel[-1]][1]} have columns of mixed types ({e})") from None
+    table = table.append_column(SRC, pa.array([locs[i][0] for i in sel], pa.string()))
+    table = table.append_column(ROW, pa.array([locs[i][1] for i in sel], pa.int64()))
+    return table.append_column("error", pa.array([errors[i] for i in sel], pa.string()))
+
+
+def read_unit(batch: dict[str, np.ndarray], cfg: dict[str, Any], need_pid: bool, base: str,
+              done_ref: Any) -> Iterator[pa.Table]:
+    """Ray Data generator UDF: one ReadUnit in, blocks of validated rows out."""
+    import ray
+
+    done = ray.get(done_ref) if done_ref is not None else None
+    for path, group, offset in zip(batch["path"], batch["row_group"], batch["offset"]):
+        path, group, offset = str(path), int(group), int(offset)
+        rel = os.path.relpath(path, base) if base else path
+        fs, p = _fs(path)
+        n = cfg["block_rows"]
+        if path.endswith(".parquet"):
+            with fs.open_input_file(p) as fh:
+                t = pq.ParquetFile(fh).read_row_group(group)
+            for start in range(0, t.num_rows, n):
+                rows = t.slice(start, n).to_pylist()
+                out = _finish_rows(rows, [(path, offset + start + k) for k in range(len(rows))], cfg, rel, need_pid, done)
+                if out is not None:
+                    yield out
+            continue
+        rows, locs = [], []
+        with fs.open_input_stream(p) as fh:
+            for lineno, line in enumerate(_lines(fh), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        row = {"_rayrm_bad": f"line is JSON {type(row).__name__}, not an object"}
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    row = {"_rayrm_bad": f"undecodable line ({e})"}
+                rows.append(row)
+                locs.append((path, lineno))
+                if len(rows) == n:
+                    out = _finish_rows(rows, locs, cfg, rel, need_pid, done)
+                    if out is not None:
+                        yield out
+                    rows, locs = [], []
+        if rows:
+            out = _finish_rows(rows, locs, cfg, rel, need_pid, done)
+            if out is not None:
+                yield out
+
+
+# ---------------------------------------------------------------- step 2: tokenise (CPU tasks)
+@functools.lru_cache(maxsize=2)
+def _tokenizer_for(model_dir: str) -> Any:
+    """One tokenizer (and layout) per task worker process, re-used across tasks."""
+    from rayrm.data import special_layout
+    from rayrm.model import load_tokenizer, read_meta
+
+    tok = load_tokenizer(model_dir)
+    tok.model_max_length = 10**9
+    meta = read_meta(model_dir)
+    return tok, special_layout(tok, meta.get("append_eos", True)), int(meta["max_length"])
+
+
+def tokenize_block(t: pa.Table, cfg: dict[str, Any]) -> pa.Table:
+    """Add `input_ids` (list<int32>, empty for bad rows), `num_tokens` and `truncated`."""
+    from rayrm.data import render_completion, tokenize_texts
+
+    tok, layout, max_length = _tokenizer_for(cfg["model"])
+    pf, cf, mf, _, _ = _fields(cfg)
+    ok = pc.is_null(t["error"]).to_numpy(zero_copy_only=False)
+    cols = set(t.column_names)
+    use_pc = pf in cols or cf in cols
+    prompts = t[pf].to_pylist() if use_pc else None
+    comps = t[cf].to_pylist() if use_pc else None
+    msgs = t[mf].to_pylist() if mf in cols else None
+    p_txt, c_txt, idx = [], [], np.flatnonzero(ok)
+    for i in idx:
+        if use_pc and prompts[i] is not None:
+            p, c = prompts[i], comps[i]
+        else:
+            p, c = msgs[i][:-1], msgs[i][-1:]
+        p, c = render_completion(p, c, tok)
+        p_txt.append(p)
+        c_txt.append(c)
+    ids, cut = tokenize_texts(p_txt, c_txt, tok, max_length, layout) if idx.size else ([], [])
+    all_ids: list[list[int]] = [[] for _ in range(t.num_rows)]
+    truncated = np.zeros(t.num_rows, dtype=bool)
+    for k, i in enumerate(idx):
+        all_ids[i] = ids[k]
+        truncated[i] = cut[k]
+    t = t.append_column("input_ids", pa.array(all_ids, pa.list_(pa.int32())))
+    t = t.append_column("num_tokens", pa.array([len(x) for x in all_ids], pa.int32()))
+    return t.append_column("truncated", pa.array(truncated))
+
+
+# ---------------------------------------------------------------- step 3: score (actor pool)
+class ScoreActor:
+    """Ray Data callable class: one `RewardScorer` per actor; a block in, the block with rewards out."""
+
+    def __init__(self, model_dir: str, dtype: str, token_budget: int, max_batch_rows: int, torch_threads: int | None):
+        from rayrm.infer import RewardScorer
+
+        self.scorer = RewardScorer(model_dir, dtype=dtype, token_budget=token_budget,
+                                   max_batch_rows=max_batch_rows, torch_threads=torch_threads)
+
+    def __call__(self, t: pa.Table) -> pa.Table:
+        ok = pc.is_null(t["error"]).to_numpy(zero_copy_only=False)
+        ids_col = t["input_ids"].combine_chunks()
+        offsets = ids_col.offsets.to_numpy()
+        values = ids_col.values.to_numpy()
+        idx = np.flatnonzero(ok)
+        seqs = [values[offsets[i] : offsets[i + 1]] for i in idx]
+        r = self.scorer.score_ids(seqs)
+        reward = np.full(t.num_rows, np.nan, dtype=np.float32)
+        reward[idx] = r
+        mask = ~ok
+        t = t.drop_columns(["input_ids"])
+        t = t.append_column("reward", pa.array(reward, pa.float32(), mask=mask))
+        t = t.append_column("reward_normalized", pa.array(self.scorer.normalize(reward), pa.float32(), mask=mask))
+        return t.append_column("model", pa.array([self.scorer.model_id] * t.num_rows, pa.string()))
+
+
+# ---------------------------------------------------------------- step 4: write shards atomically
+def write_shard(t: pa.Table, output: str, id_field: str, kill: tuple[int, int] | None = None) -> pa.Table:
+    """Write one block as `rewards/part-<hash of its ids>.parquet` (tmp name, then rename); return its counts.
+
+    `kill` = (driver pid, n) is the fault-injection test hook: SIGKILL the driver once n shards exist, mid-job.
+    """
+    fs, out = _fs(output)
+    shard_dir = _join(out, SHARDS)
+    digest = hashlib.blake2b("\n".join(map(str, t[id_field].to_pylist())).encode(), digest_size=12).hexdigest()
+    name = f"part-{digest}.parquet"
+    tmp = _join(shard_dir, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+    data = t.drop_columns([SRC, ROW])
+    with fs.open_output_stream(tmp) as fh:
+        pq.write_table(data, fh)
+    fs.move(tmp, _join(shard_dir, name))
+    if kill is not None and len(shard_files(output)) >= kill[1]:
+        import signal
+
+        os.kill(kill[0], signal.SIGKILL)
+    ok = pc.is_null(t["error"])
+    return pa.table({
+        "shard": [name],
+        "rows": [t.num_rows],
+        "tokens": [int(pc.sum(t["num_tokens"]).as_py() or 0)],
+        "truncated": [int(pc.sum(pc.cast(t["truncated"], pa.int64())).as_py() or 0)],
+        "bad": [int(t.num_rows - pc.sum(pc.cast(ok, pa.int64())).as_py())],
+    })
+
+
+# ---------------------------------------------------------------- step 5: verify + best-of-N
+def shard_files(output: str) -> list[str]:
+    fs, out = _fs(output)
+    infos = fs.get_file_info(pafs.FileSelector(_join(out, SHARDS), allow_not_found=True))
+    scheme = output.split("://", 1)[0] + "://" if "://" in output else ""
+    return sorted(scheme + i.path for i in infos if os.path.basename(i.path).startswith("part-"))
+
+
+def read_done_ids(output: str, id_field: str) -> np.ndarray:
+    """Hashes of the ids already written (complete shards only; half-written ones still have their tmp name)."""
+    files = shard_files(output)
+    if not files:
+        return np.zeros(0, dtype=np.uint64)
+    parts = []
+    for f in files:
+        fs, p = _fs(f)
+        with fs.open_input_file(p) as fh:
+            parts.append(id_hash(pq.read_table(fh, columns=[id_field])[id_field].to_pylist()))
+    return np.concatenate(parts)
+
+
+def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str]) -> Any:
+    """pandas block of (prompt_id, id, reward, ...) -> one row per prompt id: argmax (highest reward, then the
+    smallest id as the deterministic tie-break), its reward, N, spread (max - min) and optionally the top k."""
+    import pandas as pd
+
+    df = df[df["reward"].notna()]
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(_id_key=df[idf].astype(str)).sort_values([pid, "reward", "_id_key"], ascending=[True, False, True], kind="stable")
+    g = df.groupby(pid, sort=False)
+    best = g.head(1).set_index(pid)
+    out = pd.DataFrame({
+        pid: best.index,
+        "best_id": best[idf].to_numpy(),
+        "best_reward": best["reward"].to_numpy(),
+        "n": g.size().reindex(best.index).to_numpy(),
+        "spread": (g["reward"].max() - g["reward"].min()).reindex(best.index).to_numpy(),
+    })
+    for col in extra:
+        out["best_" + col] = best[col].to_numpy()
+    if top_k > 1:
+        top = g.head(top_k).groupby(pid, sort=False)
+        out["top_ids"] = top[idf].apply(list).reindex(best.index).to_numpy()
+        out["top_rewards"] = top["reward"].apply(list).reindex(best.index).to_numpy()
+    return out
+
+
+# ---------------------------------------------------------------- the job
+def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
+    """Score every input rollout exactly once into `cfg.output`; returns the summary (also in _SUCCESS.json)."""
+    import ray
+    import ray.data
+
+    from rayrm.config import to_dict
+
+    if not ray.is_initialized():
+        ray.init()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    c = to_dict(cfg)
+    c["model"] = os.path.abspath(cfg.model) if os.path.exists(cfg.model) else cfg.model
+    from rayrm.model import read_meta, resolve_model_path
+
+    c["model"] = resolve_model_path(c["model"])
+    read_meta(c["model"])  # fail now, on the driver, when the export is missing
+    fs, out = _fs(cfg.output)
+    fs.create_dir(_join(out, SHARDS), recursive=True)
+
+    # 1. inputs, best-of-N mode, and what an earlier run already wrote
+    files = list_input_files(cfg.input)
+    units, _ = plan_reads(files)
+    # derived ids are "<path relative to the inputs' common folder>:<row>": stable across reruns of one input spec
+    base = os.path.commonpath([os.path.dirname(f) for f in files]) if "://" not in files[0] else ""
+    pidf = cfg.prompt_id_field
+    has_pid = _has_column(files[0], pidf)
+    need_pid = cfg.best_of_n == "on" or (cfg.best_of_n == "auto" and has_pid)
+    if cfg.best_of_n == "on" and not has_pid:
+        raise BadRolloutError(f"{files[0]}: no '{pidf}' column, but best_of_n=on")
+    for marker in (SUCCESS,):
+        if fs.get_file_info(_join(out, marker)).type != pafs.FileType.NotFound:
+            fs.delete_file(_join(out, marker))  # about to change the output: it is not complete until we say so
+    _remove_tmp(fs, _join(out, SHARDS))
+    done = read_done_ids(cfg.output, cfg.id_field)
+    if len(done):
+        log(f"resuming: {len(done)} rows already scored in {len(shard_files(cfg.output))} shards; scoring the rest")
+    done_ref = ray.put(np.sort(done)) if len(done) else None
+
+    # 2. the streaming pipeline
+    units_ds = ray.data.from_items([{"path": u.path, "row_group": u.row_group, "offset": u.offset} for u in units],
+                                   override_num_blocks=len(units))
+    ds = units_ds.map_batches(read_unit, batch_size=1, fn_kwargs={"cfg": c, "need_pid": need_pid, "base": base,
+                              "done_ref": done_ref}, num_cpus=cfg.tokenize_cpus)
+    if cfg.max_rows:
+        ds = ds.limit(cfg.max_rows)
+    ds = ds.map_batches(tokenize_block, batch_format="pyarrow", batch_size=cfg.block_rows, fn_kwargs={"cfg": c},
+                        num_cpus=cfg.tokenize_cpus)
+    threads = cfg.torch_threads or max(1, int(np.ceil(cfg.cpus_per_actor)))
+    ds = ds.map_batches(
+        ScoreActor, batch_format="pyarrow", batch_size=cfg.block_rows,
+        fn_constructor_kwargs={"model_dir": c["model"], "dtype": cfg.dtype, "token_budget": cfg.token_budget,
+                               "max_batch_rows": cfg.max_batch_rows, "torch_threads": threads},
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+    )
+    ds = ds.map_batches(write_shard, batch_format="pyarrow", batch_size=cfg.block_rows,  # one shard per block_rows
+                        fn_kwargs={"output": cfg.output, "id_field": cfg.id_field,
+                                   "kill": (os.getpid(), cfg.fail_after_shards) if cfg.fail_after_shards else None},
+                        num_cpus=0.25)
+
+    # 3. drive it, with progress lines
+    t0 = time.time()
+    tot = {"rows": 0, "tokens": 0, "truncated": 0, "bad": 0, "shards": 0}
+    last = t0
+    for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for k in ("rows", "tokens", "truncated", "bad"):
+            tot[k] += int(pc.sum(b[k]).as_py() or 0)
+        tot["shards"] += b.num_rows
+        if time.time() - last > 10:
+            last = time.time()
+            el = last - t0
+            log(f"{tot['rows']} rows, {tot['tokens']} tokens in {el:.0f}s ({tot['rows'] / el:.1f} rows/s, {tot['tokens'] / el:.0f} tokens/s)")
+    wall = time.time() - t0
+
+    # 4. exactly once: every input row in the output, none twice
+    all_ids = read_done_ids(cfg.output, cfg.id_field)
+    n_input = count_input_rows(files) if not cfg.max_rows else min(cfg.max_rows, count_input_rows(files))
+    n_unique = int(np.unique(all_ids).size)
+    if n_unique != all_ids.size:
+        raise RuntimeError(f"{cfg.output}: {all_ids.size - n_unique} rows appear twice (duplicate '{cfg.id_field}' values in the input?)")
+    if all_ids.size != n_input:
+        raise RuntimeError(f"{cfg.output}: {all_ids.size} rows scored but the input has {n_input}; rerun to finish")
+
+    # 5. best-of-N over all shards (including those of earlier runs)
+    summary: dict[str, Any] = {
+        "model": c["model"], "input": cfg.input, "output": cfg.output, "input_rows": n_input,
+        "rows_scored_this_run": tot["rows"], "rows_resumed": int(len(done)), "tokens": tot["tokens"],
+        "truncated_rows": tot["truncated"], "bad_rows": tot["bad"], "wall_s": wall,
+        "rows_per_s": tot["rows"] / max(wall, 1e-9), "tokens_per_s": tot["tokens"] / max(wall, 1e-9),
+    }
+    if need_pid:
+        summary["best_of_n_prompts"] = _write_best_of_n(cfg)
+    summary["bad_rows_total"] = _count_bad(cfg.output)
+    with fs.open_output_stream(_join(out, SUCCESS)) as fh:
+        fh.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+    log("done: " + json.dumps(summary, sort_keys=True))
+    return summary
+
+
+def _write_best_of_n(cfg: ScoreConfig) -> int:
+    import ray.data
+
+    fs, out = _fs(cfg.output)
+    best_dir = _join(out, BEST)
+    if fs.get_file_info(best_dir).type != pafs.FileType.NotFound:
+        fs.delete_dir(best_dir)
+    pidf, idf = cfg.prompt_id_field, cfg.id_field
+    extra = [cfg.completion_field] if _has_column(shard_files(cfg.output)[0], cfg.completion_field) else []
+    cols = [pidf, idf, "reward", *extra]
+    ds = ray.data.read_parquet(shard_files(cfg.output), columns=cols)
+    n_blocks = max(1, min(64, len(shard_files(cfg.output))))
+    ds = ds.repartition(n_blocks, keys=[pidf]).map_batches(
+        best_of_n_block, batch_format="pandas", batch_size=None,
+        fn_kwargs={"top_k": cfg.top_k, "pid": pidf, "idf": idf, "extra": extra},
+    )
+    ds.write_parquet(cfg.output.rstrip("/") + "/" + BEST)
+    return int(pq.ParquetDataset(best_dir, filesystem=fs).read(columns=[pidf]).num_rows)
+
+
+def _count_bad(output: str) -> int:
+    """Rows flagged with an `error` (on_bad_row=mark) across all shards."""
+    n = 0
+    for f in shard_files(output):
+        fs, p = _fs(f)
+        with fs.open_input_file(p) as fh:
+            col = pq.read_table(fh, columns=["error"])["error"]
+        n += len(col) - col.null_count
+    return n
+
+
+def _has_column(path: str, name: str) -> bool:
+    fs, p = _fs(path)
+    if path.endswith(".parquet"):
+        with fs.open_input_file(p) as fh:
+            return name in pq.ParquetFile(fh).schema_arrow.names
+    with fs.open_input_stream(p) as fh:
+        for line in _lines(fh):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                return isinstance(row, dict) and name in row
+    return False
+
+
+def _remove_tmp(fs: pafs.FileSystem, shard_dir: str) -> None:
+    """Half-written shards of a killed run still carry the tmp prefix: delete them."""
+    for i in fs.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True)):
+        if os.path.basename(i.path).startswith(TMP_PREFIX):
+            fs.delete_file(i.path)
