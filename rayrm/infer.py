@@ -38,10 +38,43 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: in
 
 @dataclass
 class Tokenized:
-    """Token ids per row and whether the row lost tokens to max_length."""
+    """Token ids per row, whether the row lost tokens to max_length, and for outcome/process RMs the positions
+    whose probabilities are read (ORM: every completion token; PRM: each step's boundary token)."""
 
     ids: list[list[int]]
     truncated: list[bool]
+    marks: list[list[int]] | None = None
+
+
+def split_steps(completion: str, separator: str) -> list[str]:
+    """A PRM completion -> its steps: split at the separator, blank pieces dropped, each stripped."""
+    parts = completion.split(separator) if separator else [completion]
+    return [p.strip() for p in parts if p.strip()] or [completion]
+
+
+def encode_rollouts(
+    tokenizer: Any, meta: dict[str, Any], layout: Any, prompts: Sequence[Any], completions: Sequence[Any]
+) -> Tokenized:
+    """Render (strings or message lists) and tokenise rollouts exactly as training did for the export's task."""
+    from rayrm.data import render_completion, tokenize_texts
+    from rayrm.losses import IGNORE
+    from rayrm.token_tasks import tokenize_outcome, tokenize_process
+
+    task = meta.get("task", "reward")
+    max_length = int(meta["max_length"])
+    rendered = [render_completion(p, c, tokenizer) for p, c in zip(prompts, completions, strict=True)]
+    p_txt, c_txt = [r[0] for r in rendered], [r[1] for r in rendered]
+    if task == "reward":
+        ids, truncated = tokenize_texts(p_txt, c_txt, tokenizer, max_length, layout)
+        return Tokenized(ids, truncated)
+    if task == "orm":
+        ids, labels, truncated = tokenize_outcome(p_txt, c_txt, [1.0] * len(p_txt), tokenizer, max_length, layout)
+    else:
+        sep = meta.get("step_separator", "\n")
+        ids, labels, truncated = tokenize_process(p_txt, [split_steps(c, sep) for c in c_txt], None, tokenizer,
+                                                  max_length, layout, sep)
+    marks = [[i for i, lab in enumerate(row) if lab != IGNORE] for row in labels]
+    return Tokenized(ids, truncated, marks)
 
 
 class RewardScorer:
@@ -59,7 +92,7 @@ class RewardScorer:
         max_batch_rows: int = 256,
         torch_threads: int | None = None,
     ):
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
         from rayrm.data import special_layout
         from rayrm.model import load_tokenizer, read_meta, resolve_model_path
@@ -75,7 +108,10 @@ class RewardScorer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = load_tokenizer(self.model_dir, padding_side="right")
         self.tokenizer.model_max_length = 10**9  # rayrm truncates itself
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, dtype=DTYPES[dtype])
+        self.task: str = self.meta.get("task", "reward")
+        self.aggregate: str | None = self.meta.get("aggregate")
+        auto = AutoModelForSequenceClassification if self.task == "reward" else AutoModelForTokenClassification
+        self.model = auto.from_pretrained(self.model_dir, dtype=DTYPES[dtype])
         self.model.to(self.device).eval()
         self.layout = special_layout(self.tokenizer, self.meta.get("append_eos", True))
         self.max_length: int = int(self.meta["max_length"])
@@ -87,33 +123,51 @@ class RewardScorer:
     # -------------------------------------------------------------- text -> ids
     def tokenize(self, prompts: Sequence[Any], completions: Sequence[Any]) -> Tokenized:
         """Render (strings or message lists) and tokenise with training's truncation policy."""
-        from rayrm.data import render_completion, tokenize_texts
-
-        rendered = [render_completion(p, c, self.tokenizer) for p, c in zip(prompts, completions, strict=True)]
-        ids, truncated = tokenize_texts(
-            [r[0] for r in rendered], [r[1] for r in rendered], self.tokenizer, self.max_length, self.layout
-        )
-        return Tokenized(ids, truncated)
+        return encode_rollouts(self.tokenizer, self.meta, self.layout, prompts, completions)
 
     # -------------------------------------------------------------- ids -> rewards
     @torch.inference_mode()
-    def score_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
-        """Rewards (n,) float32 in input order; rows sorted by length into token-budget batches."""
+    def score_ids(self, seqs: Sequence[Sequence[int]], marks: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """Rewards (n,) float32 in input order; rows sorted by length into token-budget batches.
+        Outcome/process RMs need `marks` (from `tokenize`) and give the aggregate probability."""
+        return self.score_ids_detailed(seqs, marks)[0]
+
+    @torch.inference_mode()
+    def score_ids_detailed(
+        self, seqs: Sequence[Sequence[int]], marks: Sequence[Sequence[int]] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """(rewards (n,), per-row arrays): ORM per-token and PRM per-step probabilities of being correct, with the
+        reward their aggregate (rayrm.json `aggregate`); (rewards, None) for a scalar RM."""
         from rayrm.data import pad_batch
+        from rayrm.metrics import aggregate_scores
         from rayrm.model import compute_rewards
+        from rayrm.token_tasks import token_probabilities
 
         out = np.empty(len(seqs), dtype=np.float32)
+        details: list[np.ndarray] | None = None if self.task == "reward" else [np.zeros(0, np.float32)] * len(seqs)
+        if details is not None and marks is None:
+            raise ValueError(f"a {self.task} export needs the token marks from tokenize()")
         if not len(seqs):
-            return out
+            return out, details
         for idx in token_budget_batches([len(s) for s in seqs], self.token_budget, self.max_batch_rows):
             ids, mask = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id, "right")
-            r = compute_rewards(self.model, ids.to(self.device), mask.to(self.device))
-            out[idx] = r.float().cpu().numpy()
-        return out
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            if details is None:
+                out[idx] = compute_rewards(self.model, ids, mask).float().cpu().numpy()
+                continue
+            probs = token_probabilities(self.model(input_ids=ids, attention_mask=mask).logits, self.task).cpu()
+            sel = torch.zeros(probs.shape, dtype=torch.bool)
+            for r, i in enumerate(idx):
+                sel[r, list(marks[i])] = True
+            out[idx] = aggregate_scores(probs, sel, self.aggregate or "mean").float().numpy()
+            for r, i in enumerate(idx):
+                details[i] = probs[r, list(marks[i])].numpy().astype(np.float32)
+        return out, details
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> np.ndarray:
-        """(prompt, completion) rows -> raw rewards (n,) float32."""
-        return self.score_ids(self.tokenize(prompts, completions).ids)
+        """(prompt, completion) rows -> raw rewards (n,) float32 (ORM/PRM: the aggregate probability)."""
+        t = self.tokenize(prompts, completions)
+        return self.score_ids(t.ids, t.marks)
 
     def normalize(self, rewards: np.ndarray) -> np.ndarray:
         """(r - mean) / std with the eval-split stats stored in rayrm.json (std 0 -> 1)."""

@@ -93,6 +93,34 @@ def load_reward_model(
     return model.to(dtype)
 
 
+def load_token_model(
+    name: str,
+    tokenizer: Any,
+    num_labels: int,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """Token classifier for outcome (1 label) and process (3 labels) RMs: `AutoModelForTokenClassification`, built
+    from a config dir without weights (seeded) or loaded from a hub id / local dir like `load_reward_model`."""
+    from transformers import AutoModelForTokenClassification
+
+    path = resolve_model_path(name)
+    if os.path.isdir(path) and not has_weights(path):
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        config.pad_token_id = tokenizer.pad_token_id
+        torch.manual_seed(seed)
+        model = AutoModelForTokenClassification.from_config(config, trust_remote_code=trust_remote_code)
+    else:
+        model = AutoModelForTokenClassification.from_pretrained(
+            path, num_labels=num_labels, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    return model.to(dtype)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(b, s) mask -> (b, s) positions counting real tokens only, so left padding does not shift positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -272,21 +272,22 @@ def read_unit(batch: dict[str, np.ndarray], cfg: dict[str, Any], need_pid: bool,
 # ---------------------------------------------------------------- step 2: tokenise (CPU tasks)
 @functools.lru_cache(maxsize=2)
 def _tokenizer_for(model_dir: str) -> Any:
-    """One tokenizer (and layout) per task worker process, re-used across tasks."""
+    """One tokenizer (with the export's meta and layout) per task worker process, re-used across tasks."""
     from rayrm.data import special_layout
     from rayrm.model import load_tokenizer, read_meta
 
     tok = load_tokenizer(model_dir)
     tok.model_max_length = 10**9
     meta = read_meta(model_dir)
-    return tok, special_layout(tok, meta.get("append_eos", True)), int(meta["max_length"])
+    return tok, meta, special_layout(tok, meta.get("append_eos", True))
 
 
 def tokenize_block(t: pa.Table, cfg: dict[str, Any]) -> pa.Table:
-    """Add `input_ids` (list<int32>, empty for bad rows), `num_tokens` and `truncated`."""
-    from rayrm.data import render_completion, tokenize_texts
+    """Add `input_ids` (list<int32>, empty for bad rows), `num_tokens`, `truncated` and, for outcome/process RMs,
+    `marks` (the token positions whose probabilities are read)."""
+    from rayrm.infer import encode_rollouts
 
-    tok, layout, max_length = _tokenizer_for(cfg["model"])
+    tok, meta, layout = _tokenizer_for(cfg["model"])
     pf, cf, mf, _, _ = _fields(cfg)
     ok = pc.is_null(t["error"]).to_numpy(zero_copy_only=False)
     cols = set(t.column_names)
@@ -300,15 +301,19 @@ def tokenize_block(t: pa.Table, cfg: dict[str, Any]) -> pa.Table:
             p, c = prompts[i], comps[i]
         else:
             p, c = msgs[i][:-1], msgs[i][-1:]
-        p, c = render_completion(p, c, tok)
         p_txt.append(p)
         c_txt.append(c)
-    ids, cut = tokenize_texts(p_txt, c_txt, tok, max_length, layout) if idx.size else ([], [])
+    enc = encode_rollouts(tok, meta, layout, p_txt, c_txt)
     all_ids: list[list[int]] = [[] for _ in range(t.num_rows)]
+    marks: list[list[int]] = [[] for _ in range(t.num_rows)]
     truncated = np.zeros(t.num_rows, dtype=bool)
     for k, i in enumerate(idx):
-        all_ids[i] = ids[k]
-        truncated[i] = cut[k]
+        all_ids[i] = enc.ids[k]
+        truncated[i] = enc.truncated[k]
+        if enc.marks is not None:
+            marks[i] = enc.marks[k]
+    if enc.marks is not None:
+        t = t.append_column("marks", pa.array(marks, pa.list_(pa.int32())))
     t = t.append_column("input_ids", pa.array(all_ids, pa.list_(pa.int32())))
     t = t.append_column("num_tokens", pa.array([len(x) for x in all_ids], pa.int32()))
     return t.append_column("truncated", pa.array(truncated))
@@ -331,11 +336,18 @@ class ScoreActor:
         values = ids_col.values.to_numpy()
         idx = np.flatnonzero(ok)
         seqs = [values[offsets[i] : offsets[i + 1]] for i in idx]
-        r = self.scorer.score_ids(seqs)
+        marks = [t["marks"][int(i)].as_py() for i in idx] if "marks" in t.column_names else None
+        r, details = self.scorer.score_ids_detailed(seqs, marks)
         reward = np.full(t.num_rows, np.nan, dtype=np.float32)
         reward[idx] = r
         mask = ~ok
-        t = t.drop_columns(["input_ids"])
+        t = t.drop_columns([c for c in ("input_ids", "marks") if c in t.column_names])
+        if details is not None:  # ORM: per-token, PRM: per-step probabilities; `reward` is their aggregate
+            col: list[list[float] | None] = [None] * t.num_rows
+            for k, i in enumerate(idx):
+                col[i] = details[k].tolist()
+            name = "token_scores" if self.scorer.task == "orm" else "step_scores"
+            t = t.append_column(name, pa.array(col, pa.list_(pa.float32())))
         t = t.append_column("reward", pa.array(reward, pa.float32(), mask=mask))
         t = t.append_column("reward_normalized", pa.array(self.scorer.normalize(reward), pa.float32(), mask=mask))
         return t.append_column("model", pa.array([self.scorer.model_id] * t.num_rows, pa.string()))

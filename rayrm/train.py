@@ -35,6 +35,18 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- per-worker pieces
+class TokenModule(torch.nn.Module):
+    """Wraps an HF token classifier (ORM/PRM) so the engine's forward is its logits: (b, s) -> (b, s[, C])."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+
 class RewardModule(torch.nn.Module):
     """Wraps the HF classifier so the DeepSpeed engine's forward is the reward read-out: (b, s) -> (b,)."""
 
@@ -72,12 +84,19 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
     """Load tokenizer + model, wrap in a DeepSpeed engine with AdamW and linear warmup/decay."""
     import deepspeed
 
-    from rayrm.model import is_decoder, load_reward_model, load_tokenizer
+    from rayrm.model import is_decoder, load_reward_model, load_token_model, load_tokenizer
 
     tok = load_tokenizer(c["tokenizer"] or c["model"], c["trust_remote_code"], c["padding_side"])
-    model = load_reward_model(c["model"], tok, c["trust_remote_code"], seed=c["train"]["seed"])
-    if not is_decoder(model):
-        tok.padding_side = "right"  # encoder poolers read position 0
+    if c["task"] == "reward":
+        model = load_reward_model(c["model"], tok, c["trust_remote_code"], seed=c["train"]["seed"])
+        module: torch.nn.Module = RewardModule(model)
+        if not is_decoder(model):
+            tok.padding_side = "right"  # encoder poolers read position 0
+    else:  # token-level heads: right padding, so causal decoders need no position fix-up
+        num_labels = 1 if c["task"] == "orm" else 3
+        model = load_token_model(c["model"], tok, num_labels, c["trust_remote_code"], seed=c["train"]["seed"])
+        module = TokenModule(model)
+        tok.padding_side = "right"
     o = c["optim"]
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
     warmup = max(1, int(total_steps * o["warmup_ratio"]))
@@ -89,7 +108,7 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     engine, *_ = deepspeed.initialize(
-        model=RewardModule(model), optimizer=opt, lr_scheduler=sched, config=deepspeed_config(c), dist_init_required=False
+        model=module, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(c), dist_init_required=False
     )
     return engine, tok
 
@@ -98,11 +117,19 @@ def _device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _rewards(engine: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over [chosen; rejected] -> (r_c (b,), r_r (b,)) in fp32."""
-    r = engine(batch["input_ids"], batch["attention_mask"]).float()
-    b = r.shape[0] // 2
-    return r[:b], r[b:]
+def _scores(engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One forward over every completion of every group -> scores (g, K) in fp32, best first (0 where masked)."""
+    r = engine(batch["input_ids"], batch["attention_mask"]).float()  # (n_seq,)
+    return r[batch["index"].clamp(min=0)] * batch["group_mask"]
+
+
+def group_pairs(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every ordered pair (better, worse) of every group: (r_better, r_worse, group of the pair). Pairs: (r_c, r_r)."""
+    kk = scores.shape[1]
+    i, j = torch.triu_indices(kk, kk, offset=1)
+    ok = mask[:, i] & mask[:, j]  # (g, P)
+    g = torch.arange(scores.shape[0]).unsqueeze(1).expand_as(ok)
+    return scores[:, i][ok], scores[:, j][ok], g[ok]
 
 
 def evaluate(engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
@@ -116,22 +143,112 @@ def evaluate(engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.
     from rayrm.metrics import preference_metrics
 
     engine.eval()
-    rc, rr, w = [], [], []
+    rc, rr = [], []
     with torch.no_grad():
         for batch in batches:
-            c, r = _rewards(engine, _device_batch(batch, device))
-            rc.append(c.cpu())
-            rr.append(r.cpu())
-            w.append(batch["weight"])
+            scores = _scores(engine, _device_batch(batch, device)).cpu()
+            keep = batch["weight"] > 0  # filler groups count in no metric
+            c, r, _ = group_pairs(scores[keep], batch["group_mask"][keep])
+            rc.append(c)
+            rr.append(r)
     engine.train()
-    local = (torch.cat(rc), torch.cat(rr), torch.cat(w))
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
+    dist.all_gather_object(gathered, (torch.cat(rc), torch.cat(rr)))
     r_c = torch.cat([g[0] for g in gathered])
     r_r = torch.cat([g[1] for g in gathered])
-    keep = torch.cat([g[2] for g in gathered]) > 0
-    r_c, r_r = r_c[keep], r_r[keep]
     return {f"eval_{k}": v for k, v in preference_metrics(r_c, r_r).items()}, r_c, r_r
+
+
+def evaluate_tokens(
+    engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device, task: str, aggregate: str
+) -> tuple[dict[str, float], torch.Tensor]:
+    """ORM/PRM held-out metrics over every rank: token (ORM) or step (PRM) loss and accuracy, and per solution the
+    aggregate probability of being correct: its AUROC against the solution's label, accuracy at 0.5, mean.
+    Returns (metrics, aggregate scores of all held-out solutions)."""
+    import torch.distributed as dist
+
+    from rayrm.losses import IGNORE, step_ce_loss, token_bce_loss
+    from rayrm.metrics import aggregate_scores, roc_auc
+    from rayrm.token_tasks import token_probabilities
+
+    engine.eval()
+    loss_sum, n_lab, n_right, aggs, targets = 0.0, 0, 0, [], []
+    with torch.no_grad():
+        for batch in batches:
+            b = _device_batch(batch, device)
+            keep = b["weight"] > 0
+            logits = engine(b["input_ids"], b["attention_mask"]).float()[keep]
+            labels = b["labels"][keep]
+            lab = labels != IGNORE
+            k = int(lab.sum())
+            if k:
+                loss_fn = token_bce_loss if task == "orm" else step_ce_loss
+                loss_sum += float(loss_fn(logits, labels)) * k
+                pred = (logits > 0).long() if task == "orm" else logits.argmax(-1)
+                n_right += int((pred == labels)[lab].sum())
+                n_lab += k
+            aggs.append(aggregate_scores(token_probabilities(logits, task), lab, aggregate).cpu())
+            targets.append(b["target"][keep].cpu())
+    engine.train()
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (loss_sum, n_lab, n_right, torch.cat(aggs), torch.cat(targets)))
+    n = sum(g[1] for g in gathered)
+    agg = torch.cat([g[3] for g in gathered])
+    target = torch.cat([g[4] for g in gathered])
+    metrics = {
+        "eval_loss": sum(g[0] for g in gathered) / max(1, n),
+        "eval_token_accuracy": sum(g[2] for g in gathered) / max(1, n),
+        "eval_auroc": roc_auc(agg, target),
+        "eval_accuracy": float(((agg >= 0.5).float() == target).float().mean()),
+        "eval_score_mean": float(agg.mean()),
+        "eval_num_solutions": float(agg.numel()),
+    }
+    return metrics, agg
+
+
+def _reward_step(engine: Any, batch: dict[str, torch.Tensor], weight: torch.Tensor, tr: dict[str, Any]) -> torch.Tensor:
+    """Scalar RM: one forward over every completion of every group, the configured group loss (+ centering)."""
+    from rayrm.losses import LOSSES, centering_penalty
+
+    scores = _scores(engine, batch)  # (g, K) best first
+    loss = LOSSES[tr["loss"]](scores, batch["group_mask"], weight, batch["margin"])
+    if tr["center_coef"]:
+        loss = loss + centering_penalty(scores[:, 0], scores[:, 1], tr["center_coef"], weight)
+    return loss
+
+
+def _orm_step(engine: Any, batch: dict[str, torch.Tensor], weight: torch.Tensor, tr: dict[str, Any]) -> torch.Tensor:
+    from rayrm.losses import token_bce_loss
+
+    return token_bce_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"], weight)
+
+
+def _prm_step(engine: Any, batch: dict[str, torch.Tensor], weight: torch.Tensor, tr: dict[str, Any]) -> torch.Tensor:
+    from rayrm.losses import step_ce_loss
+
+    return step_ce_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"], weight)
+
+
+def _collate(task: str, b: dict[str, Any], tok: Any) -> dict[str, torch.Tensor]:
+    from rayrm.data import collate_groups
+    from rayrm.token_tasks import collate_tokens
+
+    if task == "reward":
+        return collate_groups(b, tok.pad_token_id, tok.padding_side)
+    return collate_tokens(b, tok.pad_token_id)
+
+
+# task -> its loss on one micro-batch; the loop looks it up once
+TASK_STEPS = {"reward": _reward_step, "orm": _orm_step, "prm": _prm_step}
+DEFAULT_AGGREGATE = {"orm": "mean", "prm": "min"}
+
+
+def _evaluate(c: dict[str, Any], engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
+    """Held-out metrics for the job's task and the values whose mean/std become the normalisation stats."""
+    if c["task"] == "reward":
+        metrics, r_c, r_r = evaluate(engine, batches, device)
+        return metrics, torch.cat([r_c, r_r])
+    return evaluate_tokens(engine, batches, device, c["task"], c["train"]["aggregate"] or DEFAULT_AGGREGATE[c["task"]])
 
 
 def _save_checkpoint(engine: Any, state: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -168,7 +285,11 @@ def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float],
                 "base_model": c["model"],
                 "tokenizer": c["tokenizer"] or c["model"],
                 "architecture": type(model).__name__,
-                "reward_readout": "last_non_pad_token" if is_decoder(model) else "encoder_pooler",
+                "task": c["task"],
+                "reward_readout": ("token_classifier" if c["task"] != "reward"
+                                   else "last_non_pad_token" if is_decoder(model) else "encoder_pooler"),
+                "aggregate": c["train"]["aggregate"] or DEFAULT_AGGREGATE.get(c["task"]),
+                "step_separator": c["data"]["step_separator"],
                 "max_length": c["data"]["max_length"],
                 "padding_side": tok.padding_side,
                 "append_eos": True,
@@ -183,11 +304,9 @@ def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float],
         ray.train.report({**metrics, "final": 1}, checkpoint=ckpt)
 
 
-def _load_eval(c: dict[str, Any], pad_id: int, padding_side: str) -> list[dict[str, torch.Tensor]]:
+def _load_eval(c: dict[str, Any], tok: Any) -> list[dict[str, torch.Tensor]]:
     """Pull this rank's eval shard into memory once (it is re-used at every evaluation)."""
     import ray.train
-
-    from rayrm.data import collate_pairs
 
     from rayrm.data import length_grouped
 
@@ -195,7 +314,7 @@ def _load_eval(c: dict[str, Any], pad_id: int, padding_side: str) -> list[dict[s
     out = []
     bs = c["train"]["eval_batch_size"]
     for b in length_grouped(shard.iter_batches(batch_size=bs * 64, batch_format="numpy"), bs, 0):
-        batch = collate_pairs(b, pad_id, padding_side)
+        batch = _collate(c["task"], b, tok)
         batch["weight"] = torch.tensor(b["weight"], dtype=torch.float32)
         out.append(batch)
     return out
@@ -236,8 +355,7 @@ def train_loop(c: dict[str, Any]) -> None:
     """Per-worker loop (Ray Train `train_loop_per_worker`); `c` is the job config as a dict plus run facts."""
     import ray.train
 
-    from rayrm.data import collate_pairs, length_grouped
-    from rayrm.losses import PAIR_LOSSES, centering_penalty
+    from rayrm.data import length_grouped
     from rayrm.metrics import size_weighted_mean
 
     # 1. setup: engine, loss, resume state
@@ -249,7 +367,7 @@ def train_loop(c: dict[str, Any]) -> None:
     total_steps = c["total_steps"]
     engine, tok = _setup_engine(c, total_steps)
     device = engine.device
-    loss_fn = PAIR_LOSSES[tr["loss"]]
+    step_loss = TASK_STEPS[c["task"]]
     state = {"epoch": 0, "micro_step": 0, "step": 0, "restarts": 0}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -261,7 +379,7 @@ def train_loop(c: dict[str, Any]) -> None:
                 state = json.load(f)
         state["restarts"] += 1
         log(f"resumed from checkpoint at step {state['step']} (epoch {state['epoch']}, restart {state['restarts']})")
-    eval_batches = _load_eval(c, tok.pad_token_id, tok.padding_side)
+    eval_batches = _load_eval(c, tok)
     shard = ray.train.get_dataset_shard("train")
 
     # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
@@ -275,13 +393,10 @@ def train_loop(c: dict[str, Any]) -> None:
         for micro, b in enumerate(it):
             if micro < state["micro_step"]:
                 continue  # fast-forward after a restart
-            batch = _device_batch(collate_pairs(b, tok.pad_token_id, tok.padding_side), device)
+            batch = _device_batch(_collate(c["task"], b, tok), device)
             weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
             boundary = engine.is_gradient_accumulation_boundary()  # this micro-batch completes an optimizer step
-            r_c, r_r = _rewards(engine, batch)
-            loss = loss_fn(r_c, r_r, batch["margin"], weight)
-            if tr["center_coef"]:
-                loss = loss + centering_penalty(r_c, r_r, tr["center_coef"], weight)
+            loss = step_loss(engine, batch, weight, tr)
             engine.backward(loss)
             engine.step()
             n_real = int(weight.sum())
@@ -301,7 +416,7 @@ def train_loop(c: dict[str, Any]) -> None:
             do_eval = tr["eval_every"] and step % tr["eval_every"] == 0 and step < total_steps
             do_ckpt = tr["checkpoint_every"] and step % tr["checkpoint_every"] == 0 and step < total_steps
             if do_eval:
-                eval_metrics, _, _ = evaluate(engine, eval_batches, device)
+                eval_metrics, _ = _evaluate(c, engine, eval_batches, device)
                 log(f"step {step} eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in eval_metrics.items()))
             if do_eval or do_ckpt:
                 metrics = {"step": step, "train_loss": _global_mean(losses, sizes, device), **eval_metrics}
@@ -317,7 +432,7 @@ def train_loop(c: dict[str, Any]) -> None:
     # 4. final evaluation over all ranks, then export
     from rayrm.metrics import reward_stats
 
-    eval_metrics, r_c, r_r = evaluate(engine, eval_batches, device)
+    eval_metrics, values = _evaluate(c, engine, eval_batches, device)
 
     metrics = {
         "step": state["step"],
@@ -327,7 +442,7 @@ def train_loop(c: dict[str, Any]) -> None:
         **eval_metrics,
     }
     log("final eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-    _export(engine, tok, c, metrics, reward_stats(torch.cat([r_c, r_r])))
+    _export(engine, tok, c, metrics, reward_stats(values))
 
 
 # ---------------------------------------------------------------- driver side
@@ -352,16 +467,26 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     import ray.data
 
-    from rayrm.data import PairTokenizer, read_preferences, render_row, split_rows
+    from rayrm.data import GroupTokenizer, read_preferences, read_rows, render_group, split_rows
+    from rayrm.losses import PAIRWISE_LOSSES
     from rayrm.model import load_tokenizer
+    from rayrm.token_tasks import TokenTaskTokenizer, validate_outcome_row, validate_process_row
 
     d = cfg.data
     need_margin = cfg.train.loss == "margin"
-    rows, report = read_preferences(d.path, d.split, d.on_bad_row, need_margin)
+    ratings = tuple(d.rating_fields) if d.rating_fields else None
+    max_k = 2 if cfg.train.loss in PAIRWISE_LOSSES else None
+
+    def read(path: str) -> Any:
+        if cfg.task == "reward":
+            return read_preferences(path, d.split, d.on_bad_row, need_margin, ratings, max_k)
+        return read_rows(path, validate_outcome_row if cfg.task == "orm" else validate_process_row, d.split, d.on_bad_row)
+
+    rows, report = read(d.path)
     if d.max_pairs:
         rows = rows[: d.max_pairs]
     if d.eval_path:
-        eval_rows, ev_report = read_preferences(d.eval_path, d.split, d.on_bad_row, need_margin)
+        eval_rows, ev_report = read(d.eval_path)
         report.skipped += ev_report.skipped
         train_rows = rows
     else:
@@ -370,22 +495,21 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         log(f"skipped {report.skipped} bad rows (data.on_bad_row=skip); first: {report.errors[:3]}")
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     world = cfg.scaling.num_workers
-    keys = ("prompt", "chosen", "rejected") + (("margin",) if need_margin else ())
+    keys = ("prompt", "completions") + (("margin",) if need_margin else ())
+    tok_name = _abs_if_local(cfg.tokenizer or cfg.model)
+    if cfg.task == "reward":
+        fn, kwargs = GroupTokenizer, {"tokenizer_name": tok_name, "max_length": d.max_length,
+                                      "trust_remote_code": cfg.trust_remote_code}
+    else:
+        fn, kwargs = TokenTaskTokenizer, {"task": cfg.task, "tokenizer_name": tok_name, "max_length": d.max_length,
+                                          "separator": d.step_separator, "trust_remote_code": cfg.trust_remote_code}
 
     def to_ds(part: list[dict[str, Any]]) -> Any:
-        rendered = [{k: v for k, v in render_row(r, tok).items() if k in keys} for r in part]
-        ds = ray.data.from_items(_pad_to_multiple(rendered, world))
-        ds = ds.map_batches(
-            PairTokenizer,
-            fn_constructor_kwargs={
-                "tokenizer_name": _abs_if_local(cfg.tokenizer or cfg.model),
-                "max_length": d.max_length,
-                "trust_remote_code": cfg.trust_remote_code,
-            },
-            batch_size=256,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
-            num_cpus=0.5,
-        )
+        if cfg.task == "reward":  # render on the driver: chat templates, implicit prompts
+            part = [{k: v for k, v in render_group(r, tok).items() if k in keys} for r in part]
+        ds = ray.data.from_items(_pad_to_multiple(part, world))
+        ds = ds.map_batches(fn, fn_constructor_kwargs=kwargs, batch_size=256,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0.5)
         return ds.materialize()
 
     datasets = {"train": to_ds(train_rows), "eval": to_ds(eval_rows)}

@@ -1,6 +1,7 @@
 """Reading, validation, TRL formats, truncation policy, collation."""
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,7 +10,9 @@ import pytest
 from conftest import MINILM, TINY_QWEN3
 from rayrm.data import (
     BadRowError,
+    GroupTokenizer,
     PairTokenizer,
+    group_sequences,
     pad_batch,
     read_preferences,
     render_row,
@@ -119,7 +122,7 @@ def test_tokenizer_layouts_and_counts():
     pt = PairTokenizer(MINILM, max_length=16)
     out = pt({"prompt": ["word " * 40, "hi"], "chosen": [" a b c", " yes"], "rejected": [" d", " no"]})
     assert list(out["truncated"]) == [1, 0]
-    first = out["chosen_ids"][0]
+    first = group_sequences(out["ids"][0], out["lens"][0])[0]
     assert len(first) == 16 and first[0] == bert.cls_token_id and first[-1] == bert.sep_token_id
     assert list(first[-4:-1]) == bert(" a b c", add_special_tokens=False)["input_ids"]
 
@@ -148,8 +151,8 @@ def test_length_grouping_keeps_every_pair_once_and_cuts_padding():
     n = 64
     lens = rng.integers(5, 200, size=n)
     big = {
-        "chosen_ids": np.array([np.arange(k) for k in lens], dtype=object),
-        "rejected_ids": np.array([np.arange(3) for _ in lens], dtype=object),
+        "ids": np.array([np.arange(k + 3) for k in lens], dtype=object),
+        "lens": np.array([np.array([k, 3]) for k in lens], dtype=object),
         "weight": np.ones(n, np.float32),
         "row": np.arange(n),
     }
@@ -157,10 +160,10 @@ def test_length_grouping_keeps_every_pair_once_and_cuts_padding():
     plain = list(length_grouped(iter([big]), 8, seed=1, group=False))
     assert sorted(np.concatenate([b["row"] for b in grouped]).tolist()) == list(range(n))
     for b in grouped:  # a pair's chosen and rejected stay in the same row of the same micro-batch
-        assert all(len(c) == lens[r] for c, r in zip(b["chosen_ids"], b["row"]))
+        assert all(len(c) == lens[r] + 3 and n[0] == lens[r] for c, n, r in zip(b["ids"], b["lens"], b["row"]))
 
     def padded_tokens(batches):
-        return sum(len(b["row"]) * max(len(c) for c in b["chosen_ids"]) for b in batches)
+        return sum(len(b["row"]) * max(max(n) for n in b["lens"]) for b in batches)
 
     assert padded_tokens(grouped) < 0.7 * padded_tokens(plain)
 
@@ -186,3 +189,66 @@ def test_no_double_bos_when_the_template_rendered_one():
     lay = SpecialLayout([tok.cls_token_id], [tok.sep_token_id])
     ids, _ = tokenize_texts(["[CLS] hi"], [" there"], tok, 32, lay)
     assert ids[0].count(tok.cls_token_id) == 1
+
+
+# ---------------------------------------------------------------- ranked rows (K completions) and rating margins
+def test_ranked_rows_are_ordered_best_first_and_validated(tmp_path):
+    from rayrm.data import read_preferences
+
+    rows = [
+        {"prompt": "p", "completions": ["b", "a", "c"], "ranking": [2, 1, 3]},
+        {"prompt": "p", "completions": ["x", "y"], "scores": [0.5, 3.0]},
+    ]
+    path = tmp_path / "ranked.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got, _ = read_preferences(str(path))
+    assert got[0]["completions"] == ["a", "b", "c"] and got[1]["completions"] == ["y", "x"]
+    with pytest.raises(BadRowError, match=r"ranked\.jsonl:line 1: 3 completions, but train.loss takes pairs"):
+        read_preferences(str(path), max_k=2)
+    bad = [{"prompt": "p", "completions": ["a", "b"], "ranking": [1, 1]},
+           {"prompt": "p", "completions": ["a"], "ranking": [1]},
+           {"prompt": "p", "completions": ["a", 3], "scores": [1, 2]},
+           {"prompt": "p", "completions": ["a", "b"]}]
+    msgs = ["'ranking' must rank each completion once", "'completions' must be a list of at least 2",
+            "'completions[1]' must be a string", "missing field 'ranking' or 'scores'"]
+    for i, (row, msg) in enumerate(zip(bad, msgs)):
+        p = tmp_path / f"bad{i}.jsonl"
+        p.write_text(json.dumps(row) + "\n")
+        with pytest.raises(BadRowError, match=rf"bad{i}\.jsonl:line 1: .*{re.escape(msg)}"):
+            read_preferences(str(p))
+
+
+def test_margin_from_rating_columns(tmp_path):
+    from rayrm.data import read_preferences
+
+    path = tmp_path / "rated.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 8, "score_rejected": 5.5}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 8}) + "\n")
+    with pytest.raises(BadRowError, match=r"line 2: missing field 'score_rejected'"):
+        read_preferences(str(path), rating_fields=("score_chosen", "score_rejected"))
+    rows, _ = read_preferences(str(path), rating_fields=("score_chosen", "score_rejected"), on_bad_row="skip")
+    assert rows[0]["margin"] == 2.5 and len(rows) == 1
+
+
+def test_groups_stay_whole_through_tokenising_batching_and_collation():
+    import numpy as np
+
+    from rayrm.data import collate_groups, length_grouped
+
+    tok = GroupTokenizer(MINILM, max_length=32)
+    ks = [2, 4, 3, 2, 4, 3, 2, 3]
+    batch = {"prompt": np.array([f"prompt {i}" for i in range(8)], dtype=object),
+             "completions": np.array([[f" c{i} r{j}" + " x" * (i + j) for j in range(k)] for i, k in enumerate(ks)], dtype=object)}
+    out = {"row": np.arange(8)}
+    for k, v in tok(batch).items():  # as Ray hands a numpy batch over: ragged columns become object arrays
+        out[k] = np.empty(len(v), dtype=object) if isinstance(v, list) else v
+        if isinstance(v, list):
+            for i, x in enumerate(v):
+                out[k][i] = x
+    for micro in length_grouped(iter([out]), 3, seed=0):
+        c = collate_groups(micro, tok.tokenizer.pad_token_id)
+        for g, row in enumerate(micro["row"]):
+            assert int(c["group_mask"][g].sum()) == ks[row]  # every completion of the group is in this micro-batch
+            for r in range(ks[row]):  # best-first order kept: rank r of group g is completion r of that prompt
+                seq = c["input_ids"][c["index"][g, r]][c["attention_mask"][c["index"][g, r]] > 0].tolist()
+                assert tok.tokenizer.decode(seq, skip_special_tokens=True).startswith(f"prompt {row} c{row} r{r}")

@@ -4,7 +4,14 @@ import math
 
 import torch
 
-from rayrm.losses import PAIR_LOSSES, bradley_terry_loss, centering_penalty
+from rayrm.losses import (
+    LOSSES,
+    bradley_terry_loss,
+    centering_penalty,
+    group_pair_weights,
+    grouped_pairs_loss,
+    plackett_luce_loss,
+)
 
 LN2 = math.log(2.0)
 
@@ -51,8 +58,9 @@ def test_margin_shifts_the_decision_point():
     assert abs(float(bradley_terry_loss(rc, rr, margin=torch.tensor([1.0]))) - LN2) < 1e-7
     # the config maps "bradley_terry" to a loss that ignores the margin column, "margin" to one that uses it
     m = torch.tensor([1.0])
-    assert abs(float(PAIR_LOSSES["bradley_terry"](rc, rr, m, None)) - math.log(1 + math.exp(-1))) < 1e-7
-    assert abs(float(PAIR_LOSSES["margin"](rc, rr, m, None)) - LN2) < 1e-7
+    scores, mask = torch.stack([rc, rr], dim=1), torch.ones(1, 2, dtype=torch.bool)
+    assert abs(float(LOSSES["bradley_terry"](scores, mask, None, m)) - math.log(1 + math.exp(-1))) < 1e-7
+    assert abs(float(LOSSES["margin"](scores, mask, None, m)) - LN2) < 1e-7
 
 
 def test_weights_mask_filler_rows():
@@ -74,3 +82,42 @@ def test_centering_penalty_value_and_unique_minimiser():
     best = shifts[int(torch.argmin(vals))]
     assert abs(float(best) - s_star) < 1e-2
     assert int((vals == vals.min()).sum()) == 1
+
+
+# ---------------------------------------------------------------- listwise
+def test_plackett_luce_at_k2_equals_bradley_terry():
+    rc = torch.tensor([1.0, -0.5, 3.0, 0.0, 1000.0])
+    rr = torch.tensor([0.0, 0.5, -1.0, 2.0, -1000.0])
+    scores, mask = torch.stack([rc, rr], 1), torch.ones(5, 2, dtype=torch.bool)
+    assert torch.allclose(plackett_luce_loss(scores, mask), bradley_terry_loss(rc, rr), atol=1e-7)
+    assert torch.allclose(grouped_pairs_loss(scores, mask), bradley_terry_loss(rc, rr), atol=1e-7)
+    for name in LOSSES:  # every configured loss agrees on plain pairs without margins
+        assert torch.allclose(LOSSES[name](scores, mask, None, torch.zeros(5)), bradley_terry_loss(rc, rr), atol=1e-7)
+
+
+def test_plackett_luce_by_hand_k3_and_padding():
+    # ranking best first (2, 1, 0): [log(e^2 + e + 1) - 2] + [log(e + 1) - 1]
+    s = torch.tensor([[2.0, 1.0, 0.0], [1.0, 3.0, 9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])  # group 2 has K = 2; its 9.0 is padding
+    g1 = (math.log(math.exp(2) + math.exp(1) + 1) - 2) + (math.log(math.exp(1) + 1) - 1)
+    g2 = math.log(1 + math.exp(2))
+    assert abs(float(plackett_luce_loss(s, mask)) - (g1 + g2) / 2) < 1e-6
+    s.requires_grad_(True)
+    plackett_luce_loss(s, mask).backward()
+    assert s.grad[1, 2] == 0 and torch.isfinite(s.grad).all()  # padding gets no gradient, and no NaN
+
+
+def test_grouped_pairs_weights_sum_to_one_per_prompt():
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False], [True, True, True, False]])
+    w = group_pair_weights(mask)
+    assert torch.allclose(w.sum((-1, -2)), torch.ones(3))
+    assert abs(float(w[0, 0, 1]) - 1 / 6) < 1e-7 and abs(float(w[2, 0, 2]) - 1 / 3) < 1e-7
+    # by hand: group (2, 1, 0) -> pairs with diffs 1, 2, 1 -> mean of softplus(-d)
+    s = torch.tensor([[2.0, 1.0, 0.0]])
+    hand = (2 * math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 3
+    assert abs(float(grouped_pairs_loss(s, torch.ones(1, 3, dtype=torch.bool))) - hand) < 1e-6
+    # a group with many completions weighs as much as one with two
+    big = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 0.0, 0.0]])
+    m2 = torch.tensor([[True] * 4, [True, True, False, False]])
+    per = [float(grouped_pairs_loss(big[i : i + 1], m2[i : i + 1])) for i in range(2)]
+    assert abs(float(grouped_pairs_loss(big, m2)) - sum(per) / 2) < 1e-6

@@ -109,3 +109,34 @@ def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
     _guard_run_dir(run_dir, {**base, "train": {"lr": 1, "fail_at_step": 2}, "output_dir": "y"})  # same run: resumes
     with pytest.raises(RuntimeError, match="different config"):
         _guard_run_dir(run_dir, {**base, "data": {"max_length": 128}})
+
+
+@pytest.fixture(scope="module")
+def hh_ranked(tmp_path_factory, hh_rows) -> str:
+    """Ranked rows (K = 2..4) from HH: chosen ranked 1st, rejected 2nd, then replies to other prompts."""
+    path = tmp_path_factory.mktemp("ranked") / "hh_ranked.jsonl"
+    with open(path, "w") as f:
+        for i, r in enumerate(hh_rows[:64]):
+            k = 2 + i % 3
+            others = [hh_rows[(i + 7 * j) % 200]["chosen"] for j in range(1, k - 1)]
+            comps = [r["rejected"], *others, r["chosen"]]  # stored out of order; the ranking puts chosen first
+            ranking = [2, *range(3, k + 1), 1]
+            f.write(json.dumps({"prompt": r["prompt"][-300:], "completions": comps, "ranking": ranking}) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("loss", ["plackett_luce", "grouped_pairs"])
+def test_ranked_losses_train_on_k_wise_rows(ray_cluster, tmp_path, hh_ranked, loss):
+    from rayrm.train import prepare_datasets
+
+    cfg = _cfg(tmp_path, hh_ranked, f"train.loss={loss}", "data.eval_fraction=0.25", "train.micro_batch_size=4")
+    # a ranked row is one dataset row: sharding and batching cannot split it
+    datasets, facts = prepare_datasets(cfg)
+    ks = sorted(len(b) for b in datasets["train"].to_pandas()["lens"])
+    assert ks.count(2) + ks.count(3) + ks.count(4) == len(ks) == facts["train_pairs"] == 48
+    m = run_training(cfg)
+    rows, _ = read_preferences(hh_ranked)
+    _, held = split_rows(rows, 0.25, 0)
+    # every ordered pair of every held-out ranking is evaluated once: sum of C(K, 2)
+    assert m["eval_num_pairs"] == sum(len(r["completions"]) * (len(r["completions"]) - 1) // 2 for r in held)
+    assert m["step"] == 6 and m["train_loss"] == m["train_loss"]  # 24 groups per worker / 4 -> 6 steps; not NaN

