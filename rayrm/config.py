@@ -93,6 +93,9 @@ class TrainLoopConfig:
     gradient_accumulation_steps: int = 1
     loss: str = "bradley_terry"  # key of rayrm.losses.LOSSES: bradley_terry, margin, plackett_luce, grouped_pairs
     aggregate: str | None = None  # ORM/PRM read-out over tokens/steps: mean, min, product, last; None -> orm mean, prm min
+    tensorboard: bool = True  # rank 0 writes scalars to <output_dir>/tensorboard/<name> (tensorboard --logdir ...)
+    wandb_project: str | None = None  # also log to this W&B project (needs `pip install wandb`)
+    calibrate: bool = True  # fit a temperature T on the eval split so sigmoid((r_c - r_r)/T) is calibrated (rayrm.json)
     center_coef: float = 0.0  # reward-centering penalty coef * mean((r_c + r_r)^2); 0 disables it
     eval_every: int = 0  # optimizer steps between evaluations; 0 -> only at the end
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one
@@ -269,6 +272,56 @@ class JudgeConfig:
         _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
         _check(self.template is None or all(k in self.template for k in ("{prompt}", "{a}", "{b}")),
                "template must contain {prompt}, {a} and {b}")
+
+
+# ---------------------------------------------------------------- canary monitoring job schema
+@dataclass
+class MonitorThresholds:
+    """When the monitor alerts (exit 1); a threshold set to null is not checked."""
+
+    min_accuracy: float | None = 0.6  # canary pairwise accuracy below this -> alert
+    max_accuracy_drop: float | None = 0.05  # eval_accuracy in rayrm.json minus canary accuracy above this -> alert
+    max_ece: float | None = 0.1  # ECE of sigmoid((r_c - r_r) / T) on the canary above this -> alert
+    max_mean_shift: float | None = 0.5  # |canary reward mean - training mean| / training std above this -> alert
+    max_std_ratio: float | None = 2.0  # canary reward std / training std above this or below its inverse -> alert
+
+    def validate(self) -> None:
+        for name in ("min_accuracy", "max_accuracy_drop", "max_ece"):
+            v = getattr(self, name)
+            _check(v is None or 0.0 <= v <= 1.0, f"thresholds.{name} must be in [0, 1] or null")
+        _check(self.max_mean_shift is None or self.max_mean_shift > 0, "thresholds.max_mean_shift must be > 0 or null")
+        _check(self.max_std_ratio is None or self.max_std_ratio > 1, "thresholds.max_std_ratio must be > 1 or null")
+
+
+@dataclass
+class MonitorConfig:
+    """`python jobs/monitor.py --config FILE model=... canary=... output=...`; exit 0 ok, 1 alert, 2 could not run."""
+
+    model: str = ""  # an export dir written by jobs/train.py (<output_dir>/final, with rayrm.json)
+    canary: str = ""  # fresh on-policy comparisons: JSONL/Parquet of prompt/chosen/rejected (any TRL preference format)
+    output: str = ""  # report dir: report.json, summary.md, reliability.png, reward_hist.png, accuracy_by_length.png
+    split: str = "train"  # split to read when `canary` is a `datasets` dataset
+    on_bad_row: str = "error"  # "error": stop naming file/line/field; "skip": skip and count
+    max_pairs: int | None = None  # use only the first N canary pairs; None -> all
+    min_pairs: int = 50  # fewer valid pairs -> the monitor refuses to judge (exit 2): the numbers would be noise
+    dtype: str = "fp32"  # "fp32" or "bf16" (AMX CPUs, GPUs)
+    device: str | None = None  # None -> cuda when visible, else cpu
+    token_budget: int = 16384  # max padded tokens per forward
+    max_batch_rows: int = 256  # max rows per forward
+    torch_threads: int | None = None  # intra-op threads; None -> torch's default
+    n_bins: int = 10  # reliability-diagram / ECE bins
+    n_length_buckets: int = 4  # accuracy-by-length buckets (quantiles of prompt + longer response tokens)
+    thresholds: MonitorThresholds = field(default_factory=MonitorThresholds)
+
+    def validate(self) -> None:
+        for name in ("model", "canary", "output"):
+            _check(bool(getattr(self, name)), f"{name} is required (e.g. {name}=...)")
+        _check(self.on_bad_row in ("error", "skip"), "on_bad_row must be 'error' or 'skip'")
+        _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
+        _check(self.min_pairs >= 1 and self.n_bins >= 2 and self.n_length_buckets >= 1,
+               "min_pairs and n_length_buckets must be >= 1, n_bins >= 2")
+        _check(self.token_budget >= 16 and self.max_batch_rows >= 1, "token_budget must be >= 16, max_batch_rows >= 1")
+        self.thresholds.validate()
 
 
 # ---------------------------------------------------------------- loading

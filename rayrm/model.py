@@ -64,6 +64,28 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, padding_side: str
     return tok
 
 
+def _load_classifier(
+    auto_cls: Any, name: str, tokenizer: Any, num_labels: int, trust_remote_code: bool, dtype: torch.dtype, seed: int
+) -> PreTrainedModel:
+    """`auto_cls` (sequence or token classification) from a hub id or local dir; a local dir holding a config.json
+    but no weights builds the model from that config with seeded random init (the embedded tiny default). The
+    model's pad id is set to the tokenizer's, so plain `transformers` inference on the export finds the same tokens."""
+    path = resolve_model_path(name)
+    if os.path.isdir(path) and not has_weights(path):
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        config.pad_token_id = tokenizer.pad_token_id
+        torch.manual_seed(seed)
+        model = auto_cls.from_config(config, trust_remote_code=trust_remote_code)
+    else:
+        model = auto_cls.from_pretrained(
+            path, num_labels=num_labels, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    return model.to(dtype)
+
+
 def load_reward_model(
     name: str,
     tokenizer: Any,
@@ -71,26 +93,8 @@ def load_reward_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """One-label sequence classifier from a hub id or local dir.
-
-    A local dir holding a config.json but no weights builds the model from that config with seeded random init
-    (the embedded tiny default). The model's pad id is set to the tokenizer's, so plain `transformers` inference on
-    the exported model finds the same last token as rayrm.
-    """
-    path = resolve_model_path(name)
-    if os.path.isdir(path) and not has_weights(path):
-        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
-        config.pad_token_id = tokenizer.pad_token_id
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
-        )
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if len(tokenizer) > model.config.vocab_size:
-        model.resize_token_embeddings(len(tokenizer))
-    return model.to(dtype)
+    """One-label sequence classifier (a scalar RM) from a hub id, local dir, or config dir (random init)."""
+    return _load_classifier(AutoModelForSequenceClassification, name, tokenizer, 1, trust_remote_code, dtype, seed)
 
 
 def load_token_model(
@@ -101,24 +105,10 @@ def load_token_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """Token classifier for outcome (1 label) and process (3 labels) RMs: `AutoModelForTokenClassification`, built
-    from a config dir without weights (seeded) or loaded from a hub id / local dir like `load_reward_model`."""
+    """Token classifier for outcome (1 label) and process (3 labels) RMs, loaded like `load_reward_model`."""
     from transformers import AutoModelForTokenClassification
 
-    path = resolve_model_path(name)
-    if os.path.isdir(path) and not has_weights(path):
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
-        config.pad_token_id = tokenizer.pad_token_id
-        torch.manual_seed(seed)
-        model = AutoModelForTokenClassification.from_config(config, trust_remote_code=trust_remote_code)
-    else:
-        model = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=num_labels, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True
-        )
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if len(tokenizer) > model.config.vocab_size:
-        model.resize_token_embeddings(len(tokenizer))
-    return model.to(dtype)
+    return _load_classifier(AutoModelForTokenClassification, name, tokenizer, num_labels, trust_remote_code, dtype, seed)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,41 @@ def log(msg: str) -> None:
         print(f"[rayrm] {msg}", flush=True)
 
 
+class MetricSink:
+    """Rank-0 metrics to TensorBoard (`<output_dir>/tensorboard`) and, when `train.wandb_project` is set, W&B.
+    Other ranks get a sink that does nothing, so the loop calls it unconditionally."""
+
+    def __init__(self, c: dict[str, Any], rank: int):
+        self.tb: Any = None
+        self.wandb: Any = None
+        if rank != 0:
+            return
+        tr = c["train"]
+        if tr.get("tensorboard", True):
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(c["output_dir"], "tensorboard", c["name"]))
+        if tr.get("wandb_project"):
+            import wandb  # optional dependency: pip install wandb
+
+            self.wandb = wandb.init(project=tr["wandb_project"], name=c["name"], config=c, resume="allow")
+
+    def write(self, metrics: dict[str, float], step: int) -> None:
+        nums = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tb is not None:
+            for k, v in nums.items():
+                self.tb.add_scalar(k.replace("eval_", "eval/").replace("train_", "train/"), v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(nums, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
 # ---------------------------------------------------------------- per-worker pieces
 class TokenModule(torch.nn.Module):
     """Wraps an HF token classifier (ORM/PRM) so the engine's forward is its logits: (b, s) -> (b, s[, C])."""
@@ -243,10 +278,20 @@ TASK_STEPS = {"reward": _reward_step, "orm": _orm_step, "prm": _prm_step}
 DEFAULT_AGGREGATE = {"orm": "mean", "prm": "min"}
 
 
-def _evaluate(c: dict[str, Any], engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
-    """Held-out metrics for the job's task and the values whose mean/std become the normalisation stats."""
+def _evaluate(
+    c: dict[str, Any], engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device, final: bool = False
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Held-out metrics for the job's task and the values whose mean/std become the normalisation stats. At the
+    final evaluation of a scalar RM with `train.calibrate`, also the temperature T that calibrates
+    sigmoid((r_c - r_r) / T) on the held-out pairs and the ECE after it."""
     if c["task"] == "reward":
+        from rayrm.metrics import fit_temperature, pair_ece
+
         metrics, r_c, r_r = evaluate(engine, batches, device)
+        if final and c["train"].get("calibrate", True):
+            t = fit_temperature(r_c, r_r)
+            metrics["eval_temperature"] = t
+            metrics["eval_ece_calibrated"] = pair_ece(r_c / t, r_r / t)
         return metrics, torch.cat([r_c, r_r])
     return evaluate_tokens(engine, batches, device, c["task"], c["train"]["aggregate"] or DEFAULT_AGGREGATE[c["task"]])
 
@@ -296,6 +341,7 @@ def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float],
                 "loss": c["train"]["loss"],
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                 "reward_mean": stats["mean"],
+                "temperature": metrics.get("eval_temperature", 1.0),  # calibrated P(a > b) = sigmoid((r_a - r_b) / T)
                 "reward_std": stats["std"],
                 "metrics": metrics,
             }
@@ -383,6 +429,7 @@ def train_loop(c: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
 
     # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
+    sink = MetricSink(c, rank)
     losses, sizes, t0, pairs_seen = [], [], time.time(), 0
     eval_metrics: dict[str, float] = {}
     while state["epoch"] < tr["epochs"]:
@@ -411,13 +458,16 @@ def train_loop(c: dict[str, Any]) -> None:
 
             # 3. progress, evaluation, checkpoint, fault injection
             if step % tr["log_every"] == 0:
-                log(f"step {step}/{total_steps} loss {size_weighted_mean(losses[-tr['log_every']:], sizes[-tr['log_every']:]):.4f} "
-                    f"lr {engine.get_lr()[0]:.2e} {pairs_seen * world / (time.time() - t0):.1f} pairs/s")
+                recent = size_weighted_mean(losses[-tr['log_every']:], sizes[-tr['log_every']:])
+                rate = pairs_seen * world / (time.time() - t0)
+                log(f"step {step}/{total_steps} loss {recent:.4f} lr {engine.get_lr()[0]:.2e} {rate:.1f} pairs/s")
+                sink.write({"train_loss": recent, "train_lr": engine.get_lr()[0], "train_pairs_per_s": rate}, step)
             do_eval = tr["eval_every"] and step % tr["eval_every"] == 0 and step < total_steps
             do_ckpt = tr["checkpoint_every"] and step % tr["checkpoint_every"] == 0 and step < total_steps
             if do_eval:
                 eval_metrics, _ = _evaluate(c, engine, eval_batches, device)
                 log(f"step {step} eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in eval_metrics.items()))
+                sink.write(eval_metrics, step)
             if do_eval or do_ckpt:
                 metrics = {"step": step, "train_loss": _global_mean(losses, sizes, device), **eval_metrics}
                 if do_ckpt:
@@ -432,7 +482,7 @@ def train_loop(c: dict[str, Any]) -> None:
     # 4. final evaluation over all ranks, then export
     from rayrm.metrics import reward_stats
 
-    eval_metrics, values = _evaluate(c, engine, eval_batches, device)
+    eval_metrics, values = _evaluate(c, engine, eval_batches, device, final=True)
 
     metrics = {
         "step": state["step"],
@@ -442,6 +492,8 @@ def train_loop(c: dict[str, Any]) -> None:
         **eval_metrics,
     }
     log("final eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+    sink.write(metrics, state["step"])
+    sink.close()
     _export(engine, tok, c, metrics, reward_stats(values))
 
 

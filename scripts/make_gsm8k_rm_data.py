@@ -1,6 +1,6 @@
 """Build outcome-RM and process-RM training sets from GSM8K by corrupting one step of each solution.
 
-    python scripts/make_gsm8k_rm_data.py --out /tmp/rayrm-gsm8k [--limit 2000] [--seed 0]
+    python scripts/make_gsm8k_rm_data.py --out /tmp/rayrm-gsm8k [--limit 2000] [--eval-fraction 0.1] [--seed 0]
 
 Reads ../shared/data/gsm8k_train.jsonl ({"question", "answer"}; reasoning lines ending in "#### <number>"). For each
 problem it writes one correct and one corrupted solution (the method of ../shared/data/README.md):
@@ -11,7 +11,8 @@ problem it writes one correct and one corrupted solution (the method of ../share
   (it builds on the wrong value), and all +1 for the correct solution;
 - ORM rows carry `correct` 1 / 0 for the whole solution.
 Outputs `orm.jsonl` and `prm.jsonl` (rows {prompt, completion, correct} and {prompt, steps, labels}); the same
-problems in the same order in both, each problem's two rows adjacent. Problems with no number to corrupt keep only
+problems in the same order in both, each problem's two rows adjacent. `{orm,prm}_{train,eval}.jsonl` split them by
+problem (a seeded `--eval-fraction` of the problems), so no question is in both splits. Problems with no number to corrupt keep only
 their correct row and are counted in the printed summary.
 """
 
@@ -95,14 +96,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
+    p.add_argument("--eval-fraction", type=float, default=0.1, help="share of problems held out (by problem)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     orm, prm, stats = build(args.limit, args.seed)
     os.makedirs(args.out, exist_ok=True)
-    for name, rows in (("orm.jsonl", orm), ("prm.jsonl", prm)):
-        with open(os.path.join(args.out, name), "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    questions = sorted({r["prompt"] for r in orm})
+    held = set(random.Random(args.seed + 1).sample(questions, int(round(len(questions) * args.eval_fraction))))
+    for kind, rows in (("orm", orm), ("prm", prm)):
+        parts = {"": rows, "_train": [r for r in rows if r["prompt"] not in held],
+                 "_eval": [r for r in rows if r["prompt"] in held]}
+        for suffix, part in parts.items():
+            with open(os.path.join(args.out, f"{kind}{suffix}.jsonl"), "w") as f:
+                for r in part:
+                    f.write(json.dumps(r) + "\n")
+    stats["eval_problems"] = len(held)
     print(json.dumps({**stats, "out": os.path.abspath(args.out)}))
 
 

@@ -57,7 +57,9 @@ def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
         assert os.path.exists(os.path.join(export, f)), f
     meta = json.load(open(os.path.join(export, "rayrm.json")))
     assert meta["max_length"] == 64 and meta["loss"] == "bradley_terry" and meta["padding_side"] == cfg.padding_side
-    assert meta["reward_readout"] == "last_non_pad_token"
+    assert meta["reward_readout"] == "last_non_pad_token" and meta["task"] == "reward"
+    # the fitted temperature calibrates no worse than T = 1 on the pairs it was fitted on
+    assert meta["temperature"] > 0 and metrics["eval_ece_calibrated"] >= 0
     r_c, r_r = _plain_eval_rewards(export, cfg)
     assert len(r_c) == metrics["eval_pairs"] == metrics["eval_num_pairs"]
     stats = reward_stats(torch.cat([r_c, r_r]))
@@ -83,6 +85,8 @@ def test_zero2_two_workers_trains_evaluates_and_exports(ray_cluster, tmp_path, h
         assert k in m and m[k] == m[k]  # present and not NaN
     assert m["truncated_train"] > 0  # 400-char prompts + replies exceed 64 tokens: counted, not dropped
     _check_export(os.path.join(tmp_path, "final"), cfg, m)
+    tb = os.path.join(tmp_path, "tensorboard", cfg.name)  # rank 0's TensorBoard scalars
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
 
 
 def test_zero3_two_workers(ray_cluster, tmp_path, hh_small):
