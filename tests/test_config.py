@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayrm.config import ConfigError, JudgeConfig, ScoreConfig, ServeConfig, TrainConfig, load_config
+from rayrm.config import ConfigError, JudgeConfig, MonitorConfig, ScoreConfig, ServeConfig, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = {"train": TrainConfig, "score": ScoreConfig, "judge": JudgeConfig, "serve": ServeConfig}
-REQUIRED = {"score": ["input=/data/rollouts.parquet", "output=/tmp/scored"], "judge": ["input=/p.jsonl", "output=/tmp/j"]}  # per-run keys a config leaves empty
+SCHEMAS = {"train": TrainConfig, "score": ScoreConfig, "judge": JudgeConfig, "serve": ServeConfig, "monitor": MonitorConfig}
+REQUIRED = {"score": ["input=/data/rollouts.parquet", "output=/tmp/scored"], "judge": ["input=/p.jsonl", "output=/tmp/j"],
+            "monitor": ["canary=/data/canary.jsonl", "output=/tmp/monitor"]}  # per-run keys a config leaves empty
 
 
 def _is_serve_file(path: Path) -> bool:
@@ -74,3 +75,14 @@ def test_score_config_requires_model_input_output():
         load_config(ROOT / "configs/score/default.yaml", [], ScoreConfig)
     with pytest.raises(ConfigError, match="on_bad_row"):
         load_config(ROOT / "configs/score/default.yaml", REQUIRED["score"] + ["on_bad_row=drop"], ScoreConfig)
+
+
+def test_monitor_thresholds_are_typed_and_checked():
+    cfg = load_config(ROOT / "configs/monitor/default.yaml",
+                      REQUIRED["monitor"] + ["thresholds.max_ece=null", "thresholds.min_accuracy=0.7"], MonitorConfig)
+    assert cfg.thresholds.max_ece is None and cfg.thresholds.min_accuracy == 0.7
+    with pytest.raises(ConfigError, match=r"thresholds\.max_std_ratio"):
+        load_config(ROOT / "configs/monitor/default.yaml", REQUIRED["monitor"] + ["thresholds.max_std_ratio=0.5"],
+                    MonitorConfig)
+    with pytest.raises(ConfigError, match="canary is required"):
+        load_config(ROOT / "configs/monitor/default.yaml", ["output=/tmp/m"], MonitorConfig)
