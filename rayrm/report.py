@@ -159,8 +159,10 @@ def plot_reward_histograms(hist: dict[str, list[float]], path: str, title: str =
 
 
 # ---------------------------------------------------------------- the report
-def write_eval_report(report: dict[str, Any], out_dir: str, title: str = "held-out") -> dict[str, str]:
-    """Draw the three plots of a `build_eval_report` result and write it as JSON; returns {name: path}."""
+def write_eval_report(report: dict[str, Any], out_dir: str, title: str = "held-out",
+                      json_name: str | None = REPORT_JSON) -> dict[str, str]:
+    """Draw the three plots of a `build_eval_report` result and write it as JSON (unless `json_name` is None, for
+    a caller writing its own); returns {name: path}."""
     os.makedirs(out_dir, exist_ok=True)
     files = {
         "reliability": plot_reliability(report["reliability"], os.path.join(out_dir, RELIABILITY_PNG),
@@ -172,7 +174,7 @@ def write_eval_report(report: dict[str, Any], out_dir: str, title: str = "held-o
     }
     files["json"] = os.path.join(out_dir, REPORT_JSON)
     with open(files["json"], "w") as f:
-        json.dump(json_safe({**report, "files": files}), f, indent=2)
+        json.dump(json_safe({**report, "files": {k: os.path.basename(v) for k, v in files.items()}}), f, indent=2)
     return files
 
 

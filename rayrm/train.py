@@ -167,31 +167,37 @@ def group_pairs(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return scores[:, i][ok], scores[:, j][ok], g[ok]
 
 
-def evaluate(engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+def evaluate(
+    engine: Any, batches: list[dict[str, torch.Tensor]], device: torch.device
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Held-out metrics over every rank's eval batches (gathered, filler rows dropped); identical on all ranks.
 
     Every rank runs the same number of forwards (shards are equal-sized), which ZeRO-3's collectives need.
-    Returns (metrics, r_chosen, r_rejected) over the whole eval split.
+    Returns (metrics, r_better, r_worse, pair length in tokens (the longer sequence)) over every ordered pair of the
+    whole eval split; for preference pairs these are (r_chosen, r_rejected).
     """
     import torch.distributed as dist
 
     from rayrm.metrics import preference_metrics
 
     engine.eval()
-    rc, rr = [], []
+    rc, rr, ln = [], [], []
     with torch.no_grad():
         for batch in batches:
             scores = _scores(engine, _device_batch(batch, device)).cpu()
             keep = batch["weight"] > 0  # filler groups count in no metric
-            c, r, _ = group_pairs(scores[keep], batch["group_mask"][keep])
+            mask = batch["group_mask"][keep]
+            c, r, _ = group_pairs(scores[keep], mask)
+            seq_len = batch["attention_mask"].sum(-1)[batch["index"].clamp(min=0)][keep].float()  # (g, K)
+            lc, lr, _ = group_pairs(seq_len, mask)
             rc.append(c)
             rr.append(r)
+            ln.append(torch.maximum(lc, lr))
     engine.train()
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (torch.cat(rc), torch.cat(rr)))
-    r_c = torch.cat([g[0] for g in gathered])
-    r_r = torch.cat([g[1] for g in gathered])
-    return {f"eval_{k}": v for k, v in preference_metrics(r_c, r_r).items()}, r_c, r_r
+    dist.all_gather_object(gathered, (torch.cat(rc), torch.cat(rr), torch.cat(ln)))
+    r_c, r_r, lengths = (torch.cat([g[k] for g in gathered]) for k in range(3))
+    return {f"eval_{k}": v for k, v in preference_metrics(r_c, r_r).items()}, r_c, r_r, lengths
 
 
 def evaluate_tokens(
@@ -287,11 +293,13 @@ def _evaluate(
     if c["task"] == "reward":
         from rayrm.metrics import fit_temperature, pair_ece
 
-        metrics, r_c, r_r = evaluate(engine, batches, device)
+        metrics, r_c, r_r, lengths = evaluate(engine, batches, device)
         if final and c["train"].get("calibrate", True):
             t = fit_temperature(r_c, r_r)
             metrics["eval_temperature"] = t
             metrics["eval_ece_calibrated"] = pair_ece(r_c / t, r_r / t)
+        if final:
+            metrics["_report"] = (r_c, r_r, lengths)  # popped by the loop: the end-of-training eval report
         return metrics, torch.cat([r_c, r_r])
     return evaluate_tokens(engine, batches, device, c["task"], c["train"]["aggregate"] or DEFAULT_AGGREGATE[c["task"]])
 
@@ -308,8 +316,12 @@ def _save_checkpoint(engine: Any, state: dict[str, Any], metrics: dict[str, floa
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float], stats: dict[str, float]) -> None:
-    """Gather full weights (ZeRO-3 shards them), write the HF export on rank 0 and report it as the final checkpoint."""
+def _export(
+    engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float], stats: dict[str, float], report_data: Any = None
+) -> None:
+    """Gather full weights (ZeRO-3 shards them), write the HF export on rank 0 (with the eval report under
+    `report/`: accuracy by length bucket, reliability diagram, reward histograms; PNG + JSON) and report it as the
+    final checkpoint."""
     import deepspeed
     import ray.train
 
@@ -346,6 +358,11 @@ def _export(engine: Any, tok: Any, c: dict[str, Any], metrics: dict[str, float],
                 "metrics": metrics,
             }
             save_export(model, tok, tmp, meta, state_dict=state_dict)
+            if report_data is not None:
+                from rayrm.report import eval_report
+
+                r_c, r_r, lengths = report_data
+                eval_report(r_c, r_r, lengths, os.path.join(tmp, "report"), temperature=meta["temperature"])
             ckpt = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report({**metrics, "final": 1}, checkpoint=ckpt)
 
@@ -483,6 +500,7 @@ def train_loop(c: dict[str, Any]) -> None:
     from rayrm.metrics import reward_stats
 
     eval_metrics, values = _evaluate(c, engine, eval_batches, device, final=True)
+    report_data = eval_metrics.pop("_report", None)
 
     metrics = {
         "step": state["step"],
@@ -494,7 +512,7 @@ def train_loop(c: dict[str, Any]) -> None:
     log("final eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
     sink.write(metrics, state["step"])
     sink.close()
-    _export(engine, tok, c, metrics, reward_stats(values))
+    _export(engine, tok, c, metrics, reward_stats(values), report_data)
 
 
 # ---------------------------------------------------------------- driver side

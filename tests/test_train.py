@@ -60,6 +60,9 @@ def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
     assert meta["reward_readout"] == "last_non_pad_token" and meta["task"] == "reward"
     # the fitted temperature calibrates no worse than T = 1 on the pairs it was fitted on
     assert meta["temperature"] > 0 and metrics["eval_ece_calibrated"] >= 0
+    report = json.load(open(os.path.join(export, "report", "eval_report.json")))  # end-of-training eval report
+    assert report["num_pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["eval_accuracy"]) < 1e-6
+    assert all(os.path.exists(os.path.join(export, "report", f)) for f in report["files"].values())
     r_c, r_r = _plain_eval_rewards(export, cfg)
     assert len(r_c) == metrics["eval_pairs"] == metrics["eval_num_pairs"]
     stats = reward_stats(torch.cat([r_c, r_r]))
