@@ -1,0 +1,456 @@
+"""Live reward serving with Ray Serve: one batched reward-model deployment behind a FastAPI ingress.
+
+    serve run configs/serve/reward.yaml                                       # Serve config file (import_path + args)
+    python jobs/serve.py --config configs/serve/default.yaml model=/ckpt/final
+
+`RewardServer` loads an export once per replica with `rayrm.infer.RewardScorer`, the same tokenise/score path as
+offline scoring, so a served reward equals `jobs/score.py`'s reward for the same row. Routes:
+
+    POST /v1/rewards   {"prompts": [...], "completions": [...], "groups": [...]?}  (strings or message lists)
+                       -> {"rewards": raw, "normalized": (r - mean) / std with the training stats,
+                           "whitened": within each group (zero-std guard) or null, "truncated": [...], "model": ...}
+    POST /get_reward   OpenRLHF's remote reward protocol: {"query": [prompt+response texts]} -> {"rewards": [...]}
+    GET  /v1/model     checkpoint metadata (rayrm.json), serving settings, this replica's counters
+    GET  /healthz      liveness; the only route open without the bearer token
+    GET  /docs, /openapi.json
+
+Batching: a request's rows are tokenised on arrival and enter one `@serve.batch` queue row by row, so rows from
+many requests (one rollout each, or a GRPO group each) share a forward. A batch closes at `max_batch_size` rows, at
+`token_budget` tokens, or `batch_wait_timeout_s` after its first row; `RewardScorer` sorts it by length and cuts
+forwards of at most `token_budget` padded tokens. A reward does not depend on which rows share its batch.
+Outcome/process RM exports (rayrm.json `task` orm/prm) answer their aggregate probability as the reward.
+
+Ray actors call the deployment through a handle (`handle.score.remote(body)`), with the same validation and batching
+and no HTTP; `rayrm.client.RewardClient` wraps both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Annotated, Any, Sequence, Union
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.requests import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+from ray import serve
+from ray.serve import Application
+
+from rayrm.config import ServeConfig, build_config
+
+OPEN_PATHS = ("/healthz",)  # routes that never need the bearer token
+
+
+# ---------------------------------------------------------------- request / response bodies
+class Message(BaseModel):
+    """One chat turn in TRL's conversational format."""
+
+    model_config = ConfigDict(extra="allow")  # e.g. tool calls: handed to the chat template as they came
+    role: StrictStr
+    content: StrictStr
+
+
+Conversation = Annotated[list[Message], Field(min_length=1)]
+Text = Union[StrictStr, Conversation]
+
+
+class RewardRequest(BaseModel):
+    """POST /v1/rewards (and `RewardServer.score` through a handle): rows of (prompt, completion) to score."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silently ignored field
+    prompts: list[Text] = Field(min_length=1, description="prompt per row: a string or a list of messages")
+    completions: list[Text] = Field(min_length=1, description="completion per row, of the same kind as its prompt")
+    groups: list[StrictInt | StrictStr] | None = Field(
+        None, description="group id per row (e.g. the prompt's index); rewards are then also whitened per group")
+
+    @model_validator(mode="after")
+    def _rows_pair_up(self) -> RewardRequest:
+        n = len(self.prompts)
+        if len(self.completions) != n:
+            raise ValueError(f"'completions' has {len(self.completions)} items but 'prompts' has {n}; "
+                             "they pair up one to one")
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"'groups' has {len(self.groups)} items but 'prompts' has {n}")
+        for i, (p, c) in enumerate(zip(self.prompts, self.completions)):
+            if isinstance(p, str) != isinstance(c, str):
+                raise ValueError(f"'completions[{i}]' must be the same kind as 'prompts[{i}]' "
+                                 "(both strings or both message lists)")
+        return self
+
+
+class RewardResponse(BaseModel):
+    rewards: list[float] = Field(description="raw reward per row (float32 precision)")
+    normalized: list[float] = Field(description="(reward - mean) / std with the eval-split stats in rayrm.json")
+    whitened: list[float] | None = Field(description="(reward - group mean) / group std when groups were given; "
+                                                     "0 for a group whose rewards are all equal")
+    truncated: list[bool] = Field(description="row lost tokens to the model's max_length (prompt from the left first)")
+    model: str = Field(description="the export that produced the rewards")
+
+
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote reward request: full texts (prompt + response), optional prompts and labels (ignored)."""
+
+    model_config = ConfigDict(extra="allow")  # OpenRLHF variants add metadata, templates, ... which an RM ignores
+    query: list[StrictStr] = Field(min_length=1, description="prompt+response text per row, as the policy saw it")
+    prompts: list[Any] | None = None
+    labels: list[Any] | None = None
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]  # newer OpenRLHF reads `scores` (dynamic filtering); the same values
+    extra_logs: dict[str, list[float]]
+
+
+class ModelInfo(BaseModel):
+    model: str
+    meta: dict[str, Any] = Field(description="rayrm.json: base model, max_length, reward stats, training metrics")
+    settings: dict[str, Any] = Field(description="batching and request limits of this deployment")
+    replica: str = Field(description="the replica that answered")
+    rows_scored: int = Field(description="rows this replica scored since it started")
+    batches: int = Field(description="forward batches this replica ran (rows_scored / batches = mean batch size)")
+
+
+class BadRequest(ValueError):
+    """A request that fails validation. `errors` are FastAPI-style {loc, msg, type} dicts; HTTP answers 422."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in errors))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survives the trip back to a handle caller
+        return (BadRequest, (self.errors,))
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    """('body', 'completions', 3) -> 'completions[3]' (the field a user wrote)."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _errors(e: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors without the offending input (which may be megabytes) and with the 'body' prefix."""
+    return [{"loc": ["body", *e_["loc"]], "msg": e_["msg"], "type": e_["type"]} for e_ in e.errors(include_url=False)]
+
+
+def parse(model: type[BaseModel], body: BaseModel | dict[str, Any]) -> Any:
+    """A handle caller's dict (or an already parsed body) -> `model`, raising BadRequest like HTTP would."""
+    if isinstance(body, model):
+        return body
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise BadRequest(_errors(e)) from None
+
+
+def check_limits(fields: dict[str, list[Any]], max_items: int, max_text_chars: int) -> None:
+    """Config limits on a parsed body: rows per request and characters per text (a message list: all contents)."""
+    errors = []
+    for name, values in fields.items():
+        if len(values) > max_items:
+            errors.append({"loc": ["body", name], "type": "too_long",
+                           "msg": f"{len(values)} items; this server takes at most {max_items} per request"})
+            continue
+        for i, v in enumerate(values):
+            n = len(v) if isinstance(v, str) else sum(len(m.content) for m in v)
+            if n > max_text_chars:
+                errors.append({"loc": ["body", name, i], "type": "string_too_long",
+                               "msg": f"{n} characters; this server takes at most {max_text_chars} per text"})
+    if errors:
+        raise BadRequest(errors)
+
+
+def _plain(texts: list[Any]) -> list[Any]:
+    """Message models back to the dicts `render_completion` and chat templates expect."""
+    return [t if isinstance(t, str) else [m.model_dump() for m in t] for t in texts]
+
+
+def whiten_groups(rewards: np.ndarray, groups: Sequence[int | str]) -> np.ndarray:
+    """(n,) rewards -> (n,) whitened within each group id with `rayrm.metrics.whiten` (std 0 -> all 0)."""
+    import torch
+
+    from rayrm.metrics import whiten
+
+    members: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = np.empty(len(rewards), dtype=np.float32)
+    for idx in members.values():
+        out[idx] = whiten(torch.from_numpy(np.asarray(rewards, dtype=np.float32)[idx])).numpy()
+    return out
+
+
+# ---------------------------------------------------------------- batching
+@dataclass
+class _Row:
+    """One tokenised row in the batch queue. `slots`: its share of a batch, max(1 row, tokens / tokens-per-row);
+    `marks`: the positions an outcome/process RM reads (None for a scalar RM)."""
+
+    ids: list[int]
+    slots: float
+    marks: list[int] | None = None
+
+
+def _batch_slots(rows: list[_Row]) -> int:
+    """Size of a candidate batch for `@serve.batch`, in rows: the row count, or the tokens expressed in rows of
+    `token_budget / max_batch_size` tokens when they bind first. Capped at max_batch_size == capped at both."""
+    return max(len(rows), math.ceil(sum(r.slots for r in rows) - 1e-9))
+
+
+# ---------------------------------------------------------------- the deployment
+@serve.deployment
+@serve.ingress()  # the FastAPI app is built per replica (`__serve_build_asgi_app__`) from this replica's settings
+class RewardServer:
+    """A reward model per replica; HTTP and handle requests share validation, batching and scoring."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "fp32",
+        torch_threads: int | None = None,
+        batching: bool = True,
+        max_batch_size: int = 64,
+        batch_wait_timeout_s: float = 0.01,
+        token_budget: int = 16384,
+        max_items: int = 256,
+        max_text_chars: int = 32768,
+        auth_token_env: str | None = None,
+        openrlhf_normalized: bool = False,
+    ) -> None:
+        from rayrm.infer import RewardScorer
+
+        self.scorer = RewardScorer(model, dtype=dtype, token_budget=token_budget, max_batch_rows=max_batch_size,
+                                   torch_threads=torch_threads)
+        self.token = _read_token(auth_token_env)
+        self.batching = batching
+        self.max_batch_size = max_batch_size
+        self.tokens_per_row = token_budget / max_batch_size
+        self.max_items, self.max_text_chars = max_items, max_text_chars
+        self.openrlhf_normalized = openrlhf_normalized
+        self.settings = {"batching": batching, "max_batch_size": max_batch_size, "token_budget": token_budget,
+                         "batch_wait_timeout_s": batch_wait_timeout_s, "max_items": max_items,
+                         "max_text_chars": max_text_chars, "auth": self.token is not None, "dtype": dtype}
+        self.rows_scored = self.batches = 0
+        self._one_at_a_time = asyncio.Lock()
+        # @serve.batch takes its sizes at class definition; the config sets them per replica here.
+        self._score_rows.set_max_batch_size(max_batch_size)
+        self._score_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_api(self, self.token)
+
+    # ---- entry points (HTTP routes call these; handles call `score` / `get_reward` directly)
+    async def score(self, body: RewardRequest | dict[str, Any]) -> RewardResponse:
+        """Rows -> raw, normalised and (with groups) whitened rewards. Raises BadRequest on invalid input."""
+        req: RewardRequest = parse(RewardRequest, body)
+        check_limits({"prompts": req.prompts, "completions": req.completions}, self.max_items, self.max_text_chars)
+        tok = self.scorer.tokenize(_plain(req.prompts), _plain(req.completions))
+        raw = await self._rewards(tok.ids, tok.marks)
+        return RewardResponse(
+            rewards=raw.tolist(), normalized=self.scorer.normalize(raw).tolist(),
+            whitened=None if req.groups is None else whiten_groups(raw, req.groups).tolist(),
+            truncated=tok.truncated, model=self.scorer.model_id,
+        )
+
+    async def get_reward(self, body: OpenRLHFRequest | dict[str, Any]) -> OpenRLHFResponse:
+        """OpenRLHF protocol. A query has no prompt split, so it is scored as prompt "" + completion = the whole
+        text: over max_length it loses tokens from its start, and the end, where the reward is read, survives."""
+        req: OpenRLHFRequest = parse(OpenRLHFRequest, body)
+        check_limits({"query": req.query}, self.max_items, self.max_text_chars)
+        tok = self.scorer.tokenize([""] * len(req.query), req.query)
+        raw = await self._rewards(tok.ids, tok.marks)
+        r = (self.scorer.normalize(raw) if self.openrlhf_normalized else raw).tolist()
+        return OpenRLHFResponse(rewards=r, scores=r, extra_logs={"truncated": [float(t) for t in tok.truncated]})
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(model=self.scorer.model_id, meta=self.scorer.meta, settings=self.settings,
+                         replica=serve.get_replica_context().replica_id.unique_id,
+                         rows_scored=self.rows_scored, batches=self.batches)
+
+    # ---- scoring
+    async def _rewards(self, seqs: list[list[int]], marks: list[list[int]] | None) -> np.ndarray:
+        """Token ids (n rows) -> rewards (n,) float32, through the cross-request batch queue or one at a time."""
+        if not self.batching:
+            async with self._one_at_a_time:
+                return await self._forward(seqs, marks)
+        rows = [_Row(s, min(max(1.0, len(s) / self.tokens_per_row), self.max_batch_size),
+                     None if marks is None else marks[i]) for i, s in enumerate(seqs)]
+        return np.asarray(await asyncio.gather(*(self._score_rows(r) for r in rows)), dtype=np.float32)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=_batch_slots)
+    async def _score_rows(self, rows: list[_Row]) -> list[float]:
+        marks = None if rows[0].marks is None else [r.marks for r in rows]
+        return (await self._forward([r.ids for r in rows], marks)).tolist()
+
+    async def _forward(self, seqs: list[list[int]], marks: list[list[int]] | None) -> np.ndarray:
+        # In a worker thread, so the event loop keeps accepting and tokenising requests during the forward.
+        out = await asyncio.to_thread(self.scorer.score_ids, seqs, marks)
+        self.rows_scored += len(seqs)
+        self.batches += 1
+        return out
+
+
+def _read_token(env_name: str | None) -> str | None:
+    """The bearer token from `env_name`; a name given but no value fails the replica instead of serving openly."""
+    if env_name is None:
+        return None
+    token = os.environ.get(env_name, "")
+    if not token:
+        raise RuntimeError(f"auth_token_env={env_name!r} but that environment variable is empty on this replica")
+    return token
+
+
+# ---------------------------------------------------------------- HTTP: FastAPI app per replica
+class BearerAuth:
+    """ASGI middleware: every path but OPEN_PATHS needs `Authorization: Bearer <token>` (401 otherwise)."""
+
+    def __init__(self, app: Any, token: str):
+        self.app = app
+        self.expected = b"Bearer " + token.encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _app_path(scope) not in OPEN_PATHS:
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):
+                resp = JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _app_path(scope: dict[str, Any]) -> str:
+    """Request path relative to the app's route prefix (Serve passes the prefix as root_path)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming the field; 400 for a body that is not JSON at all. The offending input is not echoed."""
+    if isinstance(exc, BadRequest):
+        errors = exc.errors
+    else:
+        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]  # type: ignore[attr-defined]
+    status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=status)
+
+
+def make_api(server: RewardServer, token: str | None) -> FastAPI:
+    """The routes of one replica, bound to its `server`; with a token, all but /healthz need it."""
+    api = FastAPI(title="rayrm reward server", description="Rewards from a rayrm reward-model export, batched "
+                  "across requests. POST /v1/rewards, OpenRLHF's POST /get_reward, GET /v1/model, GET /healthz.")
+    if token is not None:
+        api.add_middleware(BearerAuth, token=token)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(BadRequest, _validation_error)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/model")
+    async def model() -> ModelInfo:
+        return server.model_info()
+
+    @api.post("/v1/rewards")
+    async def rewards(body: RewardRequest) -> RewardResponse:
+        return await server.score(body)
+
+    @api.post("/get_reward")
+    async def get_reward(body: OpenRLHFRequest) -> OpenRLHFResponse:
+        return await server.get_reward(body)
+
+    return api
+
+
+# ---------------------------------------------------------------- app builders
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve config file entry point: `import_path: rayrm.serve:build_app`, `args:` = ServeConfig fields."""
+    return reward_app(build_config(ServeConfig, args))
+
+
+def reward_app(cfg: ServeConfig) -> Application:
+    """The application for a validated config: replica resources, scaling, batching and limits from `cfg`.
+
+    With `auth_token_env` set and that variable set here, its value travels to the replicas in their runtime_env
+    (visible to whoever can read the cluster's Serve config); otherwise each replica's own environment must hold it.
+    """
+    actor_options: dict[str, Any] = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
+    if cfg.auth_token_env and os.environ.get(cfg.auth_token_env):
+        actor_options["runtime_env"] = {"env_vars": {cfg.auth_token_env: os.environ[cfg.auth_token_env]}}
+    if cfg.min_replicas == cfg.max_replicas:
+        scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas}
+    else:
+        scaling = {"autoscaling_config": {
+            "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+            "initial_replicas": max(1, cfg.min_replicas),
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s,
+        }}
+    deployment = RewardServer.options(
+        ray_actor_options=actor_options, max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests, **scaling,
+    )
+    return deployment.bind(
+        cfg.model, dtype=cfg.dtype, torch_threads=cfg.torch_threads or math.ceil(cfg.cpus_per_replica),
+        batching=cfg.batching, max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s,
+        token_budget=cfg.token_budget, max_items=cfg.max_items, max_text_chars=cfg.max_text_chars,
+        auth_token_env=cfg.auth_token_env, openrlhf_normalized=cfg.openrlhf_normalized,
+    )
+
+
+def app_url(cfg: ServeConfig) -> str:
+    """Base URL of the app jobs/serve.py starts (clients append /v1/rewards etc.)."""
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    return f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def deploy(*cfgs: ServeConfig) -> list[Any]:
+    """Start Serve on the current Ray cluster (HTTP on host:port of the configs) and deploy one app per config,
+    all at once (replicas start in parallel); returns their handles.
+
+    Serve's HTTP options are cluster-wide and fixed by whoever starts Serve first; a later deploy keeps them.
+    """
+    import ray
+    from ray.serve.api import RunTarget
+
+    if len({(c.host, c.port, c.request_timeout_s) for c in cfgs}) != 1:
+        raise ValueError("apps deployed together share Serve's HTTP options: give them one host, port and timeout")
+    if not ray.is_initialized():
+        ray.init()  # inside `ray job submit` this joins the cluster; elsewhere it starts a local one
+    http: dict[str, Any] = {"host": cfgs[0].host, "port": cfgs[0].port}
+    if cfgs[0].request_timeout_s is not None:
+        http["request_timeout_s"] = cfgs[0].request_timeout_s
+    serve.start(http_options=http)
+    return serve.run_many([RunTarget(reward_app(c), name=c.name, route_prefix=c.route_prefix) for c in cfgs])
+
+
+def run_server(cfg: ServeConfig) -> None:
+    """jobs/serve.py: deploy, print the URL and the model card, serve until Ctrl-C, then delete the app."""
+    import time
+
+    deploy(cfg)
+    print(f"[rayrm.serve] {cfg.model} at {app_url(cfg)}  (POST /v1/rewards, POST /get_reward, GET /v1/model, "
+          f"GET /healthz, GET /docs); Ctrl-C stops", flush=True)
+    print(json.dumps({k: v for k, v in vars(cfg).items() if k != "auth_token_env"} | {"auth": bool(cfg.auth_token_env)}),
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete(cfg.name)

@@ -1,0 +1,379 @@
+"""Reward serving with Ray Serve on a real local Ray cluster over real HTTP (127.0.0.1), plus the client.
+
+One module-scoped Serve instance on port 8123 runs three small apps of the tiny Qwen3 export, deployed together:
+`rm` at / (batching), `rm-guarded` at /guarded (bearer token, 2 replicas, one gets killed) and `rm-scale` at
+/scale (autoscaling 1..2). Serve is shut down at the end so other modules keep a clean cluster.
+"""
+
+import importlib.util
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from conftest import ROOT
+from rayrm.client import BadRewardRequest, RewardClient, prompt_groups
+from rayrm.config import ConfigError, ServeConfig, build_config, load_config
+from rayrm.serve import _batch_slots, _Row, build_app, deploy, whiten_groups
+
+PORT = 8123
+URL = f"http://127.0.0.1:{PORT}"
+TOKEN_ENV, TOKEN = "RAYRM_TEST_SERVE_TOKEN", "test-token-8f2c"
+LIMITS = {"max_items": 32, "max_text_chars": 4000}
+
+
+# ---------------------------------------------------------------- unit (no Ray)
+def test_serve_config_file_is_a_valid_serve_config_whose_args_build():
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    path = ROOT / "configs/serve/reward.yaml"
+    text = path.read_text()
+    assert text.startswith("#") and "serve run configs/serve/reward.yaml" in text and "python jobs/serve.py" in text
+    raw = yaml.safe_load(text)
+    schema = ServeDeploySchema.model_validate(raw)
+    assert schema.http_options.host == "127.0.0.1"
+    for app in raw["applications"]:
+        assert app["import_path"] == "rayrm.serve:build_app"
+        assert isinstance(build_app(app["args"]), Application)  # our loader validates the args (typed, checked)
+    # the job's config and the Serve file describe the same server
+    job = load_config(ROOT / "configs/serve/default.yaml", [], ServeConfig)
+    served = build_config(ServeConfig, raw["applications"][0]["args"])
+    for key in ("model", "max_batch_size", "batch_wait_timeout_s", "token_budget", "max_items", "max_text_chars"):
+        assert getattr(job, key) == getattr(served, key), key
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ({}, "model is required"),
+        ({"model": "/m", "max_batch_size": 64, "max_ongoing_requests": 8}, "max_ongoing_requests"),
+        ({"model": "/m", "min_replicas": 3, "max_replicas": 2}, "min_replicas"),
+        ({"model": "/m", "max_batch_size": "many"}, "max_batch_size"),
+        ({"model": "/m", "replicas": 2}, "replicas"),
+    ],
+)
+def test_build_app_rejects_bad_args_naming_the_key(args, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_app(args)
+
+
+def test_whiten_groups_by_hand():
+    # group a: [1, 3] -> mean 2, std 1 -> [-1, 1]; group b: equal rewards -> zero-std guard -> [0, 0]; c alone -> 0
+    out = whiten_groups(np.array([1.0, 10.0, 3.0, 10.0, 7.0], dtype=np.float32), ["a", "b", "a", "b", 5])
+    np.testing.assert_allclose(out, [-1.0, 0.0, 1.0, 0.0, 0.0])
+
+
+def test_batch_size_counts_rows_or_tokens_whichever_binds():
+    # 64 rows x 256 tokens per row = a 16384-token budget; slots = tokens / 256, at least 1 per row
+    short = [_Row([0] * 10, 1.0)] * 5
+    long = [_Row([0] * 1024, 4.0)] * 5
+    assert _batch_slots(short) == 5 and _batch_slots(long) == 20
+    assert _batch_slots([_Row([0] * 300, 300 / 256)] * 3) == math.ceil(900 / 256)
+
+
+def test_prompt_groups_and_client_arguments():
+    msgs = [{"role": "user", "content": "hi"}]
+    assert prompt_groups(["a", "b", "a", "b"]) == [0, 1, 0, 1]
+    assert prompt_groups([msgs, msgs, [{"role": "user", "content": "yo"}]]) == [0, 0, 2]
+    with pytest.raises(ValueError, match="reward"):
+        RewardClient(URL, reward="best")
+    with pytest.raises(ValueError, match="timeout"):
+        RewardClient(URL, timeout=0)
+
+
+# ---------------------------------------------------------------- on a real Ray cluster
+def _app_cfg(model: str, **kw) -> ServeConfig:
+    base = {"model": model, "port": PORT, "cpus_per_replica": 0.25, "max_batch_size": 16, "max_ongoing_requests": 32,
+            "batch_wait_timeout_s": 0.05, **LIMITS}
+    return build_config(ServeConfig, base | kw)
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tiny_export):
+    """Serve on 127.0.0.1:8123 with the three test apps; shut down after the module."""
+    from ray import serve
+
+    os.environ[TOKEN_ENV] = TOKEN  # reward_app forwards it to the guarded app's replicas
+    apps = [
+        _app_cfg(tiny_export, name="rm", route_prefix="/"),
+        # a long batch wait keeps each request in flight ~0.5 s, so the replica killed in the test has some
+        _app_cfg(tiny_export, name="rm-guarded", route_prefix="/guarded", auth_token_env=TOKEN_ENV,
+                 min_replicas=2, max_replicas=2, batch_wait_timeout_s=0.5),
+        _app_cfg(tiny_export, name="rm-scale", route_prefix="/scale", min_replicas=1, max_replicas=2,
+                 target_ongoing_requests=1, upscale_delay_s=1.0),
+    ]
+    try:
+        handles = deploy(*apps)
+        yield {c.name: h for c, h in zip(apps, handles)}
+    finally:
+        serve.shutdown()
+        os.environ.pop(TOKEN_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_export):
+    """The offline scorer (jobs/score.py's core) on the same export: the reference for served rewards."""
+    from rayrm.infer import RewardScorer
+
+    return RewardScorer(tiny_export)
+
+
+def _post(path: str, body, token: str | None = None, raw: bool = False) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if raw:
+        headers["content-type"] = "application/json"
+        return requests.post(URL + path, data=body, headers=headers, timeout=60)
+    return requests.post(URL + path, json=body, headers=headers, timeout=60)
+
+
+def _rows(rollouts, n: int) -> tuple[list[str], list[str]]:
+    return [r["prompt"] for r in rollouts[:n]], [r["completion"] for r in rollouts[:n]]
+
+
+@pytest.mark.integration
+def test_batched_rewards_equal_single_requests_and_offline_scores(served, offline, rollouts):
+    prompts, comps = _rows(rollouts, 24)
+    ref = offline.score(prompts, comps)
+
+    one_by_one = [_post("/v1/rewards", {"prompts": [p], "completions": [c]}).json()["rewards"][0]
+                  for p, c in zip(prompts[:8], comps[:8])]
+    before = requests.get(URL + "/v1/model", timeout=30).json()
+    with ThreadPoolExecutor(12) as pool:  # 24 concurrent one-row requests share batches
+        concurrent = list(pool.map(lambda i: _post("/v1/rewards", {"prompts": [prompts[i]], "completions": [comps[i]]})
+                                   .json()["rewards"][0], range(24)))
+    after = requests.get(URL + "/v1/model", timeout=30).json()
+    whole = _post("/v1/rewards", {"prompts": prompts, "completions": comps}).json()
+
+    np.testing.assert_allclose(one_by_one, ref[:8], atol=1e-5)
+    np.testing.assert_allclose(concurrent, ref, atol=1e-5)
+    np.testing.assert_allclose(whole["rewards"], ref, atol=1e-5)
+    assert whole["truncated"] == offline.tokenize(prompts, comps).truncated
+    rows, batches = after["rows_scored"] - before["rows_scored"], after["batches"] - before["batches"]
+    assert rows == 24 and batches < rows, f"{rows} rows in {batches} forwards: requests were not batched"
+
+
+@pytest.mark.integration
+def test_message_lists_groups_and_normalisation(served, offline):
+    conv_p = [[{"role": "user", "content": "hi there"}], [{"role": "user", "content": "name a prime"}]] * 2
+    conv_c = [[{"role": "assistant", "content": a}] for a in ("hello!", "7", "hey", "4 is prime")]
+    plain_p = ["\n\nUser: hi there\n\nAssistant:", "\n\nUser: name a prime\n\nAssistant:"] * 2  # no chat template
+    plain_c = [" hello!", " 7", " hey", " 4 is prime"]
+    got = _post("/v1/rewards", {"prompts": conv_p, "completions": conv_c, "groups": prompt_groups(conv_p)}).json()
+    ref = offline.score(plain_p, plain_c)
+    np.testing.assert_allclose(got["rewards"], ref, atol=1e-5)
+    np.testing.assert_allclose(got["normalized"], offline.normalize(ref), atol=1e-5)
+    r = np.asarray(got["rewards"])
+    for g in ([0, 2], [1, 3]):  # whitening within each prompt's pair of completions, by hand
+        np.testing.assert_allclose(np.asarray(got["whitened"])[g], (r[g] - r[g].mean()) / r[g].std(), atol=1e-4)
+    assert _post("/v1/rewards", {"prompts": plain_p, "completions": plain_c}).json()["whitened"] is None
+
+
+@pytest.mark.integration
+def test_openrlhf_protocol(served, offline, rollouts):
+    prompts, comps = _rows(rollouts, 6)
+    queries = [p + c for p, c in zip(prompts, comps)]
+    body = {"query": queries, "prompts": prompts, "labels": [""] * 6, "metadata": [{}] * 6}  # extras are ignored
+    got = _post("/get_reward", body).json()
+    ref = offline.score([""] * 6, queries)  # a query is scored whole: prompt "" + completion = the full text
+    np.testing.assert_allclose(got["rewards"], ref, atol=1e-5)
+    assert got["scores"] == got["rewards"] and len(got["extra_logs"]["truncated"]) == 6
+
+
+@pytest.mark.integration
+def test_handle_calls_from_another_ray_actor_and_the_driver(served, ray_cluster, offline, rollouts):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Learner:  # an async actor, as RL learners are: awaits the handle (RAY_NOTES), no HTTP
+        def __init__(self, handle):
+            self.reward = RewardClient(handle, timeout=60)
+
+        async def rewards(self, prompts, completions):
+            return await self.reward.score_async(prompts, completions)
+
+        async def bad(self):
+            try:
+                await self.reward.score_async(["a", "b"], ["x"])
+            except BadRewardRequest as e:
+                return str(e)
+
+    prompts, comps = _rows(rollouts, 10)
+    ref = offline.score(prompts, comps)
+    learner = Learner.remote(served["rm"])
+    np.testing.assert_allclose(ray.get(learner.rewards.remote(prompts, comps), timeout=120), ref, atol=1e-5)
+    assert "completions" in ray.get(learner.bad.remote(), timeout=60)
+    ray.kill(learner)
+    # the driver's synchronous path through the same handle, whitened within prompt groups
+    two_prompts = [prompts[0], prompts[2]] * 2  # rollouts 0 and 1 share a prompt; 0 and 2 do not
+    whitened = RewardClient(served["rm"], reward="whitened")(two_prompts, comps[:4])
+    r = offline.score(two_prompts, comps[:4])
+    np.testing.assert_allclose(whitened[0], (r[0] - r[[0, 2]].mean()) / r[[0, 2]].std(), atol=1e-4)
+
+
+GOOD = {"prompts": ["Q: what is 2+2?"], "completions": [" 4"]}
+MSG = [{"role": "user", "content": "hi"}]
+BAD_INPUTS = [  # (route, body, raw bytes?, expected status, a field the error must name)
+    ("/v1/rewards", b'{"prompts": ["a"], "completions": ', True, 400, "json"),
+    ("/v1/rewards", b'[1, 2]', True, 422, "body"),
+    ("/v1/rewards", b"", True, 422, "body"),
+    ("/v1/rewards", {"prompts": "a", "completions": ["x"]}, False, 422, "prompts"),
+    ("/v1/rewards", {"prompts": [1], "completions": ["x"]}, False, 422, "prompts"),
+    ("/v1/rewards", {"prompts": ["a"], "completions": [None]}, False, 422, "completions"),
+    ("/v1/rewards", {"prompts": ["a", "b"], "completions": ["x"]}, False, 422, "completions"),
+    ("/v1/rewards", {"prompts": [], "completions": []}, False, 422, "prompts"),
+    ("/v1/rewards", {"prompts": ["a"]}, False, 422, "completions"),
+    ("/v1/rewards", {"prompts": ["a"], "completions": ["x"], "completion": ["y"]}, False, 422, "completion"),
+    ("/v1/rewards", {"prompts": ["a"] * 33, "completions": ["x"] * 33}, False, 422, "prompts"),
+    ("/v1/rewards", {"prompts": ["a"], "completions": ["x" * 4001]}, False, 422, '"completions",0'),
+    ("/v1/rewards", {"prompts": [[{"role": "user", "content": "y" * 4001}]], "completions": [[MSG[0]]]}, False, 422,
+     '"prompts",0'),
+    ("/v1/rewards", {"prompts": [[{"role": "user"}]], "completions": [MSG]}, False, 422, "content"),
+    ("/v1/rewards", {"prompts": [[]], "completions": [MSG]}, False, 422, "prompts"),
+    ("/v1/rewards", {"prompts": ["a"], "completions": [MSG]}, False, 422, "completions[0]"),
+    ("/v1/rewards", {"prompts": ["a", "b"], "completions": ["x", "y"], "groups": [0]}, False, 422, "groups"),
+    ("/v1/rewards", {"prompts": ["a"], "completions": ["x"], "groups": [1.5]}, False, 422, "groups"),
+    ("/get_reward", {"query": "a b"}, False, 422, "query"),
+    ("/get_reward", {"query": []}, False, 422, "query"),
+    ("/get_reward", {"query": ["q"] * 33}, False, 422, "query"),
+    ("/get_reward", {"query": ["q" * 4001]}, False, 422, "query"),
+    ("/get_reward", {"prompts": ["a"]}, False, 422, "query"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("route, body, raw, status, field", BAD_INPUTS, ids=[f"{b[0]}-{i}" for i, b in
+                                                                              enumerate(BAD_INPUTS)])
+def test_bad_input_gets_4xx_naming_the_field_and_the_server_stays_up(served, route, body, raw, status, field):
+    r = _post(route, body, raw=raw)
+    assert r.status_code == status, r.text
+    assert field in r.text, r.text
+    assert len(r.text) < 2000  # the offending input is not echoed back
+    good = _post("/v1/rewards", GOOD)
+    assert good.status_code == 200 and len(good.json()["rewards"]) == 1
+
+
+@pytest.mark.integration
+def test_bearer_token_guards_every_route_but_health(served):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    wrong = {"Authorization": "Bearer nope"}
+    assert requests.get(URL + "/guarded/healthz", timeout=30).status_code == 200
+    for method, path, body in [("get", "/v1/model", None), ("post", "/v1/rewards", GOOD),
+                               ("post", "/get_reward", {"query": ["a b"]}), ("get", "/docs", None),
+                               ("get", "/openapi.json", None), ("post", "/v1/rewards", {"bad": 1})]:
+        call = getattr(requests, method)
+        assert call(URL + "/guarded" + path, json=body, timeout=30).status_code == 401, path
+        assert call(URL + "/guarded" + path, json=body, headers=wrong, timeout=30).status_code == 401, path
+        assert call(URL + "/guarded" + path, json=body, headers=auth, timeout=30).status_code in (200, 422), path
+    assert len(RewardClient(URL + "/guarded", token=TOKEN)(["a"], ["b"])) == 1
+    with pytest.raises(BadRewardRequest, match="401"):  # not retried: a wrong token does not heal
+        RewardClient(URL + "/guarded", retries=5)(["a"], ["b"])
+
+
+@pytest.mark.integration
+def test_model_card_and_openapi_docs(served, tiny_export):
+    card = requests.get(URL + "/v1/model", timeout=30).json()
+    assert card["meta"]["max_length"] == 96 and card["meta"]["reward_std"] == 1.0
+    assert card["settings"]["batching"] and card["settings"]["max_items"] == LIMITS["max_items"]
+    assert card["model"] == tiny_export and not card["settings"]["auth"]
+    paths = requests.get(URL + "/openapi.json", timeout=30).json()["paths"]
+    assert {"/v1/rewards", "/get_reward", "/v1/model", "/healthz"} <= set(paths)
+    assert requests.get(URL + "/docs", timeout=30).status_code == 200
+
+
+def _replicas(app: str, state: str = "RUNNING") -> int:
+    from ray import serve
+
+    return serve.status().applications[app].deployments["RewardServer"].replica_states.get(state, 0)
+
+
+@pytest.mark.integration
+def test_replica_killed_during_requests_clients_still_get_answers(served, offline, rollouts):
+    import ray
+
+    prompts, comps = _rows(rollouts, 8)
+    ref = offline.score(prompts, comps)
+    assert _replicas("rm-guarded") == 2
+    results, errors, clients, stop = [], [], [], threading.Event()
+
+    def load(k: int) -> None:  # a client loops one-row requests until told to stop
+        client = RewardClient(URL + "/guarded", token=TOKEN, timeout=30, retries=8, backoff=0.25)
+        clients.append(client)
+        j = 0
+        while not stop.is_set():
+            i = (k + j) % 8
+            j += 1
+            try:
+                results.append((i, client([prompts[i]], [comps[i]])[0]))
+            except Exception as e:  # noqa: BLE001 - recorded and asserted on below
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    _wait_until(lambda: len(results) >= 8, 120)  # both replicas busy
+    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA::rm-guarded#"))
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+    n_at_kill = len(results)
+    _wait_until(lambda: len(results) >= n_at_kill + 16, 180)  # the survivor (and a replacement) keep answering
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for i, r in results:
+        assert abs(r - ref[i]) < 1e-5
+    retried = sum(c.attempts_failed for c in clients)
+    print(f"replica killed under load: {len(results)} answers ({len(results) - n_at_kill} after the kill), "
+          f"{retried} attempts retried, 0 errors")
+    assert retried > 0, "the killed replica had requests in flight; their clients must have retried"
+
+
+def _wait_until(cond, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while not cond() and time.time() < deadline:
+        time.sleep(0.1)
+    assert cond(), f"condition not met within {timeout_s} s"
+
+
+@pytest.mark.integration
+def test_autoscaling_adds_a_replica_under_load(served):
+    assert _replicas("rm-scale") == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        client = RewardClient(URL + "/scale", timeout=30, retries=3)
+        while not stop.is_set():
+            client(["Q: name a colour."] * 2, [" blue", " green"])
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 150
+    try:
+        while _replicas("rm-scale") < 2 and time.time() < deadline:
+            time.sleep(1.0)
+        assert _replicas("rm-scale") == 2, "no second replica within 150 s of load"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+
+
+@pytest.mark.integration
+def test_grpo_example_trains_with_the_served_reward(served):
+    spec = importlib.util.spec_from_file_location("grpo_example", ROOT / "examples/grpo_with_served_rm.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    before = requests.get(URL + "/v1/model", timeout=30).json()["rows_scored"]
+    out = example.main(["--url", URL, "--steps", "2", "--num-generations", "4", "--max-completion-length", "8"])
+    assert out["steps"] == 2 and len(out["reward_per_step"]) == 2
+    assert all(math.isfinite(r) for r in out["reward_per_step"])
+    # every completion TRL generated was scored by the served RM: 2 steps x 1 prompt x 4 generations
+    assert requests.get(URL + "/v1/model", timeout=30).json()["rows_scored"] - before == 8
