@@ -43,6 +43,7 @@ class Judge:
 
         path = resolve_model_path(model)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer or model), trust_remote_code=trust_remote_code)
+        self.tokenizer.model_max_length = 10**9  # rayrm cuts judging prompts itself (keeping their end)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]

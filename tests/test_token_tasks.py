@@ -140,9 +140,10 @@ def test_token_rm_trains_evaluates_and_exports(ray_cluster, tmp_path, gsm8k_smal
     out = pd.read_parquet(tmp_path / "scored/rewards").sort_values("id", key=lambda s: s.str.split(":").str[-1].astype(int))
     col = "token_scores" if task == "orm" else "step_scores"
     agg = {"mean": np.mean, "min": np.min}[meta["aggregate"]]
-    for reward, scores, r in zip(out["reward"], out[col], orm_rows):
+    for reward, scores, cut, r in zip(out["reward"], out[col], out["truncated"], orm_rows):
         assert len(scores) > 0 and abs(reward - agg(scores)) < 1e-5
-        if task == "prm":  # one probability per step of the completion
-            assert len(scores) == len([x for x in r["completion"].split("\n") if x.strip()])
+        if task == "prm":  # one probability per step of the completion (steps cut off by max_length have none)
+            n_steps = len([x for x in r["completion"].split("\n") if x.strip()])
+            assert len(scores) == n_steps if not cut else 0 < len(scores) <= n_steps
     alone = RewardScorer(final).score([r["prompt"] for r in orm_rows], [r["completion"] for r in orm_rows])
     np.testing.assert_allclose(out["reward"].to_numpy(), alone, atol=1e-5)
