@@ -172,9 +172,10 @@ def write_eval_report(report: dict[str, Any], out_dir: str, title: str = "held-o
         "reward_hist": plot_reward_histograms(report["reward_hist"], os.path.join(out_dir, HIST_PNG),
                                               f"{title}: rewards ({report['num_pairs']} pairs)"),
     }
-    files["json"] = os.path.join(out_dir, REPORT_JSON)
-    with open(files["json"], "w") as f:
-        json.dump(json_safe({**report, "files": {k: os.path.basename(v) for k, v in files.items()}}), f, indent=2)
+    if json_name:
+        files["json"] = os.path.join(out_dir, json_name)
+        with open(files["json"], "w") as f:
+            json.dump(json_safe({**report, "files": {k: os.path.basename(v) for k, v in files.items()}}), f, indent=2)
     return files
 
 

@@ -1,6 +1,7 @@
 """End-of-training eval report: numbers pinned by hand, strict JSON, real PNGs (no Ray, no model)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -56,3 +57,12 @@ def test_eval_report_writes_pngs_and_strict_json(tmp_path):
 def test_shapes_must_agree():
     with pytest.raises(ValueError, match=r"\(n,\)"):
         build_eval_report(torch.zeros(3), torch.zeros(3), [1, 2])
+
+
+def test_json_can_be_left_to_the_caller(tmp_path):
+    rep = build_eval_report(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0]), [3, 4], n_length_buckets=1)
+    from rayrm.report import write_eval_report
+
+    files = write_eval_report(rep, str(tmp_path), json_name=None)  # the monitor writes its own report.json
+    assert "json" not in files and sorted(os.listdir(tmp_path)) == ["accuracy_by_length.png", "reliability.png",
+                                                                     "reward_hist.png"]
