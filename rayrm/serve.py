@@ -345,7 +345,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, BadRequest):
         errors = exc.errors
     else:
-        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]  # type: ignore[attr-defined]
+        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]}
+                  for e in exc.errors()]  # type: ignore[attr-defined]
     status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=status)
 
@@ -441,15 +442,14 @@ def deploy(*cfgs: ServeConfig) -> list[Any]:
 
 
 def run_server(cfg: ServeConfig) -> None:
-    """jobs/serve.py: deploy, print the URL and the model card, serve until Ctrl-C, then delete the app."""
+    """jobs/serve.py: deploy, print the URL and settings, serve until Ctrl-C, then delete the app."""
     import time
 
-    deploy(cfg)
-    print(f"[rayrm.serve] {cfg.model} at {app_url(cfg)}  (POST /v1/rewards, POST /get_reward, GET /v1/model, "
-          f"GET /healthz, GET /docs); Ctrl-C stops", flush=True)
-    print(json.dumps({k: v for k, v in vars(cfg).items() if k != "auth_token_env"} | {"auth": bool(cfg.auth_token_env)}),
-          flush=True)
     try:
+        deploy(cfg)
+        print(f"[rayrm.serve] {cfg.model} at {app_url(cfg)}  (POST /v1/rewards, POST /get_reward, GET /v1/model, "
+              f"GET /healthz, GET /docs); Ctrl-C stops", flush=True)
+        print(json.dumps(vars(cfg)), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
