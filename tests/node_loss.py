@@ -4,8 +4,8 @@
     python tests/node_loss.py score <workdir>    # the node of the scoring actor dies while it scores a block
 
 tests/test_platform.py runs these as subprocesses: each builds its own cluster (own temp dir via RAY_TMPDIR, so no
-address file of another cluster is read or overwritten) and the pytest process keeps its session cluster. The last
-stdout line is a JSON result; the cluster is shut down on exit by `Cluster.shutdown()`.
+address file of another cluster is read or overwritten) and the pytest process keeps its session cluster. The
+stdout line starting with `NODE_LOSS_RESULT ` carries the JSON result; the cluster is shut down before exit.
 
 Nodes are sized so the placement is forced, not lucky. Training: every node (3 CPUs) fits exactly one worker
 (2.5 CPUs), so the two workers span two nodes, at least one of them a worker node (the victim), and the third node
@@ -79,6 +79,7 @@ def _kill_node_when(cluster: Any, busy_nodes: Any, ready: Any, events: dict[str,
 
 
 CLUSTERS: list[Any] = []  # for the explicit teardown in __main__
+RESULT = "NODE_LOSS_RESULT "  # prefix of the result line (Ray's forwarded worker logs share stdout)
 
 
 def _free_port() -> int:
@@ -121,7 +122,7 @@ def scenario_train(workdir: str) -> dict[str, Any]:
     out = os.path.join(workdir, "train")
     cfg = load_config(None, [
         "name=node-loss", f"output_dir={out}", f"model={TINY_QWEN3}", f"tokenizer={MINILM}", f"data.path={HH}",
-        "data.max_pairs=240", "data.max_length=96", "data.eval_fraction=0.1", "scaling.num_workers=2",
+        "data.max_pairs=160", "data.max_length=96", "data.eval_fraction=0.1", "scaling.num_workers=2",
         "scaling.cpus_per_worker=2.5", "scaling.torch_threads=1", "deepspeed.zero_stage=2",
         "train.micro_batch_size=4", "train.eval_batch_size=16", "train.checkpoint_every=3", "train.max_failures=2",
         "train.log_every=3", "optim.lr=1e-3",
@@ -156,7 +157,7 @@ def scenario_score(workdir: str) -> dict[str, Any]:
     inp = os.path.join(workdir, "rollouts.jsonl")
     n = 0
     with open(HH) as f, open(inp, "w") as g:
-        for i, line in zip(range(600), f):
+        for i, line in zip(range(300), f):
             r = json.loads(line)
             for k in ("chosen", "rejected"):
                 g.write(json.dumps({"id": f"r{n:05d}", "prompt": r["prompt"][-600:], "completion": r[k]}) + "\n")
@@ -190,7 +191,7 @@ if __name__ == "__main__":
     scenario, workdir = sys.argv[1], sys.argv[2]
     os.makedirs(workdir, exist_ok=True)
     result = {"train": scenario_train, "score": scenario_score}[scenario](workdir)
-    print(json.dumps(result, default=str), flush=True)  # the verdict; teardown problems below do not change it
+    print(RESULT + json.dumps(result, default=str), flush=True)  # the verdict; teardown problems do not change it
     try:
         import ray
 
