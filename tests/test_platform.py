@@ -244,7 +244,6 @@ def _run_scenario(name: str, tmp_path: Path, attempts: int = 3) -> dict:
 
 
 @pytest.mark.integration
-@pytest.mark.skip(reason="not yet reliable: failed in a clean-clone run on 2026-11-22 (being fixed; see the session note)")
 def test_node_lost_mid_training_resumes_from_checkpoint_and_completes(tmp_path):
     res = _run_scenario("train", tmp_path)
     ev, m = res["events"], res["metrics"]
