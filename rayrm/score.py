@@ -354,6 +354,17 @@ class ScoreActor:
 
 
 # ---------------------------------------------------------------- step 4: write shards atomically
+def _kill_driver(pid: int) -> None:
+    """Test hook: SIGKILL the driver, then fail this task without writing (the job's tasks can outlive the driver)."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    raise RuntimeError("fail_after_shards: the driver was killed on purpose")
+
+
 def write_shard(t: pa.Table, output: str, id_field: str, kill: tuple[int, int] | None = None) -> pa.Table:
     """Write one block as `rewards/part-<hash of its ids>.parquet` (tmp name, then rename); return its counts.
 
@@ -365,13 +376,13 @@ def write_shard(t: pa.Table, output: str, id_field: str, kill: tuple[int, int] |
     name = f"part-{digest}.parquet"
     tmp = _join(shard_dir, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
     data = t.drop_columns([SRC, ROW])
+    if kill is not None and len(shard_files(output)) >= kill[1]:
+        _kill_driver(kill[0])  # a task still running after the driver's death must not finish the job
     with fs.open_output_stream(tmp) as fh:
         pq.write_table(data, fh)
     fs.move(tmp, _join(shard_dir, name))
     if kill is not None and len(shard_files(output)) >= kill[1]:
-        import signal
-
-        os.kill(kill[0], signal.SIGKILL)
+        _kill_driver(kill[0])
     ok = pc.is_null(t["error"])
     return pa.table({
         "shard": [name],
