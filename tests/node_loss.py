@@ -1,6 +1,6 @@
 """Node-loss scenarios on a multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`), one per process.
 
-    python tests/node_loss.py train <workdir>    # workers on two nodes; one of them dies after the first checkpoint
+    python tests/node_loss.py train <workdir>    # workers on two nodes; one dies after the first registered checkpoint
     python tests/node_loss.py score <workdir>    # the node of the scoring actor dies while it scores a block
 
 tests/test_platform.py runs these as subprocesses: each builds its own cluster (own temp dir via RAY_TMPDIR, so no
@@ -17,7 +17,6 @@ when its agents miss its (fixed) startup deadline.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -91,8 +90,7 @@ def _free_port() -> int:
 
 
 def _ports(head: bool) -> dict[str, int]:
-    """Explicit ports for a node: no clash with other clusters on the machine (8265, 52365 are Ray's fixed defaults),
-    and the raylet does not wait for agents to publish self-picked ports (that wait aborts starts on a loaded box)."""
+    """Explicit ports for a node: no clash with other clusters on the machine (8265, 52365 are Ray's fixed defaults)."""
     ports = {"metrics_agent_port": _free_port(), "metrics_export_port": _free_port(),
              "runtime_env_agent_port": _free_port(), "dashboard_agent_listen_port": _free_port()}
     if head:
@@ -127,11 +125,21 @@ def scenario_train(workdir: str) -> dict[str, Any]:
         "train.micro_batch_size=4", "train.eval_batch_size=16", "train.checkpoint_every=3", "train.max_failures=2",
         "train.log_every=3", "optim.lr=1e-3",
     ], TrainConfig)
-    ckpts = os.path.join(out, "ray", cfg.name, "checkpoint_*")
+    snapshot = os.path.join(out, "ray", cfg.name, "checkpoint_manager_snapshot.json")
+
+    def committed() -> list[str]:
+        """Checkpoints the Train controller has registered (a `checkpoint_*` dir alone is not enough: the controller
+        collects reports on a poll, and a checkpoint written but not yet registered is not resumed from)."""
+        try:
+            with open(snapshot) as f:
+                return [c["checkpoint_dir_name"] for c in json.load(f)["checkpoint_results"]]
+        except (OSError, ValueError, KeyError):
+            return []
+
     events: dict[str, Any] = {}
     killer = threading.Thread(target=_kill_node_when, daemon=True, args=(
-        cluster, lambda: _actor_nodes(cluster.address, "RayTrainWorker"), lambda: bool(glob.glob(ckpts)), events, 900,
-        0.0, lambda: sorted(os.path.basename(p) for p in glob.glob(ckpts))))
+        cluster, lambda: _actor_nodes(cluster.address, "RayTrainWorker"), lambda: bool(committed()), events, 900,
+        0.0, committed))
     killer.start()
     try:
         metrics = run_training(cfg)
@@ -139,7 +147,7 @@ def scenario_train(workdir: str) -> dict[str, Any]:
         killer.join(timeout=5)
     meta = json.load(open(os.path.join(out, "final", "rayrm.json")))
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "events": events,
-            "export_step": meta["metrics"]["step"], "checkpoints": sorted(os.path.basename(p) for p in glob.glob(ckpts))}
+            "export_step": meta["metrics"]["step"], "checkpoints": committed()}
 
 
 # ---------------------------------------------------------------- scenario (b): scoring
