@@ -113,6 +113,10 @@ class RewardScorer:
         auto = AutoModelForSequenceClassification if self.task == "reward" else AutoModelForTokenClassification
         self.model = auto.from_pretrained(self.model_dir, dtype=DTYPES[dtype])
         self.model.to(self.device).eval()
+        if self.device.type == "cuda":
+            from rayrm.model import fast_gpu_attention
+
+            fast_gpu_attention()
         self.layout = special_layout(self.tokenizer, self.meta.get("append_eos", True))
         self.max_length: int = int(self.meta["max_length"])
         self.token_budget = token_budget

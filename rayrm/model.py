@@ -124,6 +124,19 @@ def to_right_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
     return input_ids.gather(1, idx), attention_mask.gather(1, idx)
 
 
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row is real tokens then padding (a prefix of ones): one small check, one host sync."""
+    m = attention_mask.bool()
+    return bool(m[:, 0].all() and (m[:, 1:] <= m[:, :-1]).all())
+
+
+def fast_gpu_attention() -> None:
+    """Turn off cuDNN's SDPA backend: it plans a graph per new sequence length (milliseconds of CPU per call when
+    every batch has another length, measured on an H100); flash / memory-efficient kernels need no plan."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar rewards (b,) for a padded batch (b, s).
 
@@ -135,12 +148,17 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
             input_ids, attention_mask = to_right_padding(input_ids, attention_mask)
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state  # (b, s, h)
+    if is_right_padded(attention_mask):
+        # Causal attention: a real token only sees earlier positions, all real when padding is on the right, so the
+        # mask changes nothing we read. Without it SDPA runs its causal kernels (flash on GPU) with no (b, s, s) mask.
+        hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state
+    else:
+        hidden = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (b, s, h)
     s = attention_mask.shape[1]
     # last index with mask 1 for both paddings: argmax over (position * mask) picks the largest real position
     last = (torch.arange(s, device=attention_mask.device) * attention_mask.long()).argmax(-1)  # (b,)

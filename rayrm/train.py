@@ -133,7 +133,14 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
         module = TokenModule(model)
         tok.padding_side = "right"
     o = c["optim"]
-    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+    gpu = bool(c["scaling"]["use_gpu"]) and torch.cuda.is_available()
+    if gpu:
+        from rayrm.model import fast_gpu_attention
+
+        fast_gpu_attention()
+    # fused AdamW on GPU: one kernel for all tensors (the for-each path took ~40% of a 0.6B step on an H100)
+    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"],
+                            fused=gpu or None)
     warmup = max(1, int(total_steps * o["warmup_ratio"]))
 
     def lr_lambda(step: int) -> float:
