@@ -4,8 +4,8 @@
     python bench/train_bench.py --model tiny-qwen3 --pairs 1200 --max-length 256
     python bench/train_bench.py --pairs 800 --scaling           # also 2 workers x 1 thread vs 1 worker x 1 thread
 
-Both sides train one epoch on the same train split (rayrm's seeded 10% hold-out of ../shared/data HH pairs) with the
-same batch size (pairs per step), AdamW, learning rate, linear warmup/decay and max_length, on one worker. Reported:
+Both sides train one epoch on the same rows (the first --pairs of the job's seeded 90% train split of the shared HH
+pairs, written to one JSONL that both read; all 384 held-out pairs evaluate both) with the same batch size (pairs per step), AdamW, learning rate, linear warmup/decay and max_length, on one worker. Reported:
 pairs/s of each (training loop time only, setup excluded), the ratio, and held-out accuracy of each, measured by one
 function (plain `transformers` forward of rayrm's tokenisation) for both models.
 
@@ -85,16 +85,14 @@ def run_rayrm(model_name: str, tok_name: str | None, args: argparse.Namespace, w
 
     out = os.path.join(work, f"rayrm-{tag}")
     overrides = [
-        f"name=bench-{tag}", f"output_dir={out}", f"model={model_name}", f"data.path={HH}",
-        f"data.max_length={args.max_length}", "data.eval_fraction=0.1", f"optim.lr={args.lr}",
+        f"name=bench-{tag}", f"output_dir={out}", f"model={model_name}", f"data.path={args.train_file}",
+        f"data.eval_path={args.held_file}", f"data.max_length={args.max_length}", f"optim.lr={args.lr}",
         f"train.micro_batch_size={args.batch_size // workers}", f"scaling.num_workers={workers}",
         f"scaling.torch_threads={threads}", f"scaling.cpus_per_worker={max(0.5, threads - 0.5)}",
         "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=10",
     ]
     if tok_name:
         overrides.append(f"tokenizer={tok_name}")
-    if args.pairs:
-        overrides.append(f"data.max_pairs={args.pairs}")
     m = run_training(load_config(None, overrides, TrainConfig))
     return {"pairs": m["train_pairs"], "pairs_per_s": m["train_pairs_per_s"], "eval_accuracy": m["eval_accuracy"],
             "export": os.path.join(out, "final")}
@@ -103,7 +101,7 @@ def run_rayrm(model_name: str, tok_name: str | None, args: argparse.Namespace, w
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
-    p.add_argument("--pairs", type=int, default=0, help="first N pairs only (0: all 3,843)")
+    p.add_argument("--pairs", type=int, default=0, help="train on the first N of the 3,459 train pairs (0: all)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
     p.add_argument("--lr", type=float, default=6e-5)
@@ -117,9 +115,13 @@ def main() -> None:
 
     model_name, tok_name = MODELS[args.model]
     rows, _ = read_preferences(HH)
-    rows = rows[: args.pairs] if args.pairs else rows
-    train, held = split_rows(rows, 0.1, 0)  # the same split rayrm's job makes (data.seed 0)
+    train, held = split_rows(rows, 0.1, 0)  # the job's own 10% hold-out (data.seed 0): 3,459 / 384 pairs
+    train = train[: args.pairs] if args.pairs else train  # a subset trains; all 384 held-out pairs evaluate
     work = tempfile.mkdtemp(prefix="rayrm-train-bench-")
+    args.train_file, args.held_file = os.path.join(work, "train.jsonl"), os.path.join(work, "held.jsonl")
+    for path, part in ((args.train_file, train), (args.held_file, held)):
+        with open(path, "w") as f:
+            f.writelines(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in part)
     torch.set_num_threads(args.threads)
 
     trl = run_trl(model_name, tok_name, train, args, work)

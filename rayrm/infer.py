@@ -123,6 +123,8 @@ class RewardScorer:
         self.max_batch_rows = max_batch_rows
         self.reward_mean = float(self.meta.get("reward_mean", 0.0))
         self.reward_std = float(self.meta.get("reward_std", 1.0))
+        # calibration temperature fitted on the eval split (train.calibrate): P(a > b) = sigmoid((r_a - r_b) / T)
+        self.temperature = float(self.meta.get("temperature") or 1.0)
 
     # -------------------------------------------------------------- text -> ids
     def tokenize(self, prompts: Sequence[Any], completions: Sequence[Any]) -> Tokenized:
@@ -177,6 +179,13 @@ class RewardScorer:
         """(r - mean) / std with the eval-split stats stored in rayrm.json (std 0 -> 1)."""
         std = self.reward_std if self.reward_std > 1e-8 else 1.0
         return ((np.asarray(rewards, dtype=np.float64) - self.reward_mean) / std).astype(np.float32)
+
+    def preference_probability(self, r_a: np.ndarray, r_b: np.ndarray) -> np.ndarray:
+        """Calibrated P(a preferred over b) = sigmoid((r_a - r_b) / T) for a scalar RM (T from rayrm.json)."""
+        if self.task != "reward":
+            raise ValueError(f"preference probabilities need a scalar reward model; this export's task is {self.task!r}")
+        d = (np.asarray(r_a, dtype=np.float64) - np.asarray(r_b, dtype=np.float64)) / self.temperature
+        return (0.5 * (1.0 + np.tanh(0.5 * d))).astype(np.float32)  # = sigmoid(d), no overflow warnings
 
     @property
     def model_id(self) -> str:

@@ -193,22 +193,37 @@ def export_base_model(
     tokenizer_name: str | None = None,
     seed: int = 0,
     padding_side: str = "right",
+    task: str = "reward",
+    temperature: float = 1.0,
+    step_separator: str = "\n",
 ) -> str:
     """Export an untrained reward model (a backbone with a fresh head) in the training export's format.
 
     For tests and benchmarks of scoring and serving, which need a `<dir>` with weights and `rayrm.json` but not a
-    trained head. Reward stats are 0/1, so `reward_normalized` equals `reward`.
+    trained head. Reward stats are 0/1, so `reward_normalized` equals `reward`. `task` "orm"/"prm" exports a token
+    classifier (1 or 3 labels) read out like a trained outcome/process RM (aggregate mean / min).
     """
     tok = load_tokenizer(tokenizer_name or model_name, padding_side=padding_side)
-    model = load_reward_model(model_name, tok, seed=seed)
+    if task == "reward":
+        model = load_reward_model(model_name, tok, seed=seed)
+        head = model.score if is_decoder(model) else model.classifier
+        readout = "last_non_pad_token" if is_decoder(model) else "encoder_pooler"
+    else:
+        model = load_token_model(model_name, tok, 1 if task == "orm" else 3, seed=seed)
+        head = model.score if hasattr(model, "score") else model.classifier
+        readout = "token_classifier"
     torch.manual_seed(seed)
-    torch.nn.init.normal_((model.score if is_decoder(model) else model.classifier).weight, std=0.5)
+    torch.nn.init.normal_(head.weight, std=0.5)
     meta = {
         "format": 1,
         "base_model": model_name,
         "tokenizer": tokenizer_name or model_name,
         "architecture": type(model).__name__,
-        "reward_readout": "last_non_pad_token" if is_decoder(model) else "encoder_pooler",
+        "task": task,
+        "aggregate": {"orm": "mean", "prm": "min"}.get(task),
+        "step_separator": step_separator,
+        "temperature": temperature,
+        "reward_readout": readout,
         "max_length": max_length,
         "padding_side": padding_side,
         "append_eos": True,

@@ -414,15 +414,20 @@ def read_done_ids(output: str, id_field: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str]) -> Any:
+def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str], temperature: float | None = None) -> Any:
     """pandas block of (prompt_id, id, reward, ...) -> one row per prompt id: argmax (highest reward, then the
-    smallest id as the deterministic tie-break), its reward, N, spread (max - min) and optionally the top k."""
+    smallest id as the deterministic tie-break), its reward, N, spread (max - min) and optionally the top k.
+
+    With `temperature` T (a scalar RM's calibration, rayrm.json), also calibrated Bradley-Terry probabilities:
+    `p_best` = P(the best is preferred to every other completion, Plackett-Luce first place)
+    = exp(r_best / T) / sum_i exp(r_i / T), and `p_over_runner_up` = sigmoid((r_best - r_second) / T) (NaN at N = 1).
+    """
     import pandas as pd
 
     df = df[df["reward"].notna()]
     if df.empty:
         return pd.DataFrame()
-    df = df.assign(_id_key=df[idf].astype(str)).sort_values([pid, "reward", "_id_key"], ascending=[True, False, True], kind="stable")
+    df = df.assign(_id_key=df[idf].astype(str)).sort_values([pid, "reward", "_id_key"], ascending=[True, False, True], kind="stable").reset_index(drop=True)
     g = df.groupby(pid, sort=False)
     best = g.head(1).set_index(pid)
     out = pd.DataFrame({
@@ -432,6 +437,14 @@ def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str]) -
         "n": g.size().reindex(best.index).to_numpy(),
         "spread": (g["reward"].max() - g["reward"].min()).reindex(best.index).to_numpy(),
     })
+    if temperature is not None:
+        z = (df["reward"].astype(np.float64) - df.groupby(pid, sort=False)["reward"].transform("max")) / temperature
+        denom = np.exp(z).groupby(df[pid], sort=False).sum().reindex(best.index).to_numpy()
+        out["p_best"] = 1.0 / denom
+        second = g["reward"].nth(1)
+        second = pd.Series(second.to_numpy(), index=df.loc[second.index, pid].to_numpy()).reindex(best.index)
+        gap = (best["reward"].astype(np.float64) - second.astype(np.float64)).to_numpy() / temperature
+        out["p_over_runner_up"] = 0.5 * (1.0 + np.tanh(0.5 * gap))
     for col in extra:
         out["best_" + col] = best[col].to_numpy()
     if top_k > 1:
@@ -458,7 +471,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     from rayrm.model import read_meta, resolve_model_path
 
     c["model"] = resolve_model_path(c["model"])
-    read_meta(c["model"])  # fail now, on the driver, when the export is missing
+    meta = read_meta(c["model"])  # fail now, on the driver, when the export is missing
     fs, out = _fs(cfg.output)
     fs.create_dir(_join(out, SHARDS), recursive=True)
 
@@ -534,7 +547,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
         "rows_per_s": tot["rows"] / max(wall, 1e-9), "tokens_per_s": tot["tokens"] / max(wall, 1e-9),
     }
     if need_pid:
-        summary["best_of_n_prompts"] = _write_best_of_n(cfg)
+        summary["best_of_n_prompts"] = _write_best_of_n(cfg, meta)
     summary["bad_rows_total"] = _count_bad(cfg.output)
     with fs.open_output_stream(_join(out, SUCCESS)) as fh:
         fh.write(json.dumps(summary, indent=2, sort_keys=True).encode())
@@ -542,8 +555,10 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     return summary
 
 
-def _write_best_of_n(cfg: ScoreConfig) -> int:
+def _write_best_of_n(cfg: ScoreConfig, meta: dict[str, Any]) -> int:
     import ray.data
+
+    temperature = float(meta.get("temperature") or 1.0) if meta.get("task", "reward") == "reward" else None
 
     fs, out = _fs(cfg.output)
     best_dir = _join(out, BEST)
@@ -556,7 +571,7 @@ def _write_best_of_n(cfg: ScoreConfig) -> int:
     n_blocks = max(1, min(64, len(shard_files(cfg.output))))
     ds = ds.repartition(n_blocks, keys=[pidf]).map_batches(
         best_of_n_block, batch_format="pandas", batch_size=None,
-        fn_kwargs={"top_k": cfg.top_k, "pid": pidf, "idf": idf, "extra": extra},
+        fn_kwargs={"top_k": cfg.top_k, "pid": pidf, "idf": idf, "extra": extra, "temperature": temperature},
     )
     ds.write_parquet(cfg.output.rstrip("/") + "/" + BEST)
     return int(pq.ParquetDataset(best_dir, filesystem=fs).read(columns=[pidf]).num_rows)

@@ -9,6 +9,8 @@ offline scoring, so a served reward equals `jobs/score.py`'s reward for the same
     POST /v1/rewards   {"prompts": [...], "completions": [...], "groups": [...]?}  (strings or message lists)
                        -> {"rewards": raw, "normalized": (r - mean) / std with the training stats,
                            "whitened": within each group (zero-std guard) or null, "truncated": [...], "model": ...}
+    POST /v1/preferences {"prompts": [...], "completions_a": [...], "completions_b": [...]}
+                       -> {"p_a_better": calibrated sigmoid((r_a - r_b) / T), T from rayrm.json, "rewards_a", ...}
     POST /get_reward   OpenRLHF's remote reward protocol: {"query": [prompt+response texts]} -> {"rewards": [...]}
     GET  /v1/model     checkpoint metadata (rayrm.json), serving settings, this replica's counters
     GET  /healthz      liveness; the only route open without the bearer token
@@ -73,17 +75,20 @@ class RewardRequest(BaseModel):
 
     @model_validator(mode="after")
     def _rows_pair_up(self) -> RewardRequest:
-        n = len(self.prompts)
-        if len(self.completions) != n:
-            raise ValueError(f"'completions' has {len(self.completions)} items but 'prompts' has {n}; "
-                             "they pair up one to one")
-        if self.groups is not None and len(self.groups) != n:
-            raise ValueError(f"'groups' has {len(self.groups)} items but 'prompts' has {n}")
-        for i, (p, c) in enumerate(zip(self.prompts, self.completions)):
-            if isinstance(p, str) != isinstance(c, str):
-                raise ValueError(f"'completions[{i}]' must be the same kind as 'prompts[{i}]' "
-                                 "(both strings or both message lists)")
+        _pair_up(self.prompts, "completions", self.completions)
+        if self.groups is not None and len(self.groups) != len(self.prompts):
+            raise ValueError(f"'groups' has {len(self.groups)} items but 'prompts' has {len(self.prompts)}")
         return self
+
+
+def _pair_up(prompts: list[Any], name: str, completions: list[Any]) -> None:
+    """A completion list must match the prompts one to one, each of the same kind (text or message list)."""
+    if len(completions) != len(prompts):
+        raise ValueError(f"'{name}' has {len(completions)} items but 'prompts' has {len(prompts)}; "
+                         "they pair up one to one")
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        if isinstance(p, str) != isinstance(c, str):
+            raise ValueError(f"'{name}[{i}]' must be the same kind as 'prompts[{i}]' (both strings or both message lists)")
 
 
 class RewardResponse(BaseModel):
@@ -93,6 +98,29 @@ class RewardResponse(BaseModel):
                                                      "0 for a group whose rewards are all equal")
     truncated: list[bool] = Field(description="row lost tokens to the model's max_length (prompt from the left first)")
     model: str = Field(description="the export that produced the rewards")
+
+
+class PreferenceRequest(BaseModel):
+    """POST /v1/preferences: per row a prompt and two completions, a and b."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[Text] = Field(min_length=1, description="prompt per row: a string or a list of messages")
+    completions_a: list[Text] = Field(min_length=1, description="first completion per row")
+    completions_b: list[Text] = Field(min_length=1, description="second completion per row")
+
+    @model_validator(mode="after")
+    def _rows_pair_up(self) -> PreferenceRequest:
+        _pair_up(self.prompts, "completions_a", self.completions_a)
+        _pair_up(self.prompts, "completions_b", self.completions_b)
+        return self
+
+
+class PreferenceResponse(BaseModel):
+    p_a_better: list[float] = Field(description="calibrated P(a preferred over b) = sigmoid((r_a - r_b) / T)")
+    rewards_a: list[float]
+    rewards_b: list[float]
+    temperature: float = Field(description="T fitted on the eval split at training (rayrm.json; 1 if not fitted)")
+    model: str
 
 
 class OpenRLHFRequest(BaseModel):
@@ -265,6 +293,25 @@ class RewardServer:
             truncated=tok.truncated, model=self.scorer.model_id,
         )
 
+    async def prefer(self, body: PreferenceRequest | dict[str, Any]) -> PreferenceResponse:
+        """Rows of (prompt, a, b) -> calibrated P(a better than b). Raises BadRequest on invalid input or an
+        outcome/process RM export (its reward is already a probability of being correct, not a BT score)."""
+        req: PreferenceRequest = parse(PreferenceRequest, body)
+        if self.scorer.task != "reward":
+            raise BadRequest([{"loc": ["body"], "type": "value_error",
+                               "msg": f"preferences need a scalar reward model; this export's task is "
+                                      f"{self.scorer.task!r} (use /v1/rewards)"}])
+        check_limits({"prompts": req.prompts, "completions_a": req.completions_a,
+                      "completions_b": req.completions_b}, self.max_items, self.max_text_chars)
+        n = len(req.prompts)
+        prompts = _plain(req.prompts)
+        tok = self.scorer.tokenize(prompts + prompts, _plain(req.completions_a) + _plain(req.completions_b))
+        raw = await self._rewards(tok.ids, tok.marks)
+        r_a, r_b = raw[:n], raw[n:]
+        return PreferenceResponse(p_a_better=self.scorer.preference_probability(r_a, r_b).tolist(),
+                                  rewards_a=r_a.tolist(), rewards_b=r_b.tolist(),
+                                  temperature=self.scorer.temperature, model=self.scorer.model_id)
+
     async def get_reward(self, body: OpenRLHFRequest | dict[str, Any]) -> OpenRLHFResponse:
         """OpenRLHF protocol. A query has no prompt split, so it is scored as prompt "" + completion = the whole
         text: over max_length it loses tokens from its start, and the end, where the reward is read, survives."""
@@ -354,7 +401,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def make_api(server: RewardServer, token: str | None) -> FastAPI:
     """The routes of one replica, bound to its `server`; with a token, all but /healthz need it."""
     api = FastAPI(title="rayrm reward server", description="Rewards from a rayrm reward-model export, batched "
-                  "across requests. POST /v1/rewards, OpenRLHF's POST /get_reward, GET /v1/model, GET /healthz.")
+                  "across requests. POST /v1/rewards, POST /v1/preferences, OpenRLHF's POST /get_reward, "
+                  "GET /v1/model, GET /healthz.")
     if token is not None:
         api.add_middleware(BearerAuth, token=token)
     api.add_exception_handler(RequestValidationError, _validation_error)
@@ -371,6 +419,10 @@ def make_api(server: RewardServer, token: str | None) -> FastAPI:
     @api.post("/v1/rewards")
     async def rewards(body: RewardRequest) -> RewardResponse:
         return await server.score(body)
+
+    @api.post("/v1/preferences")
+    async def preferences(body: PreferenceRequest) -> PreferenceResponse:
+        return await server.prefer(body)
 
     @api.post("/get_reward")
     async def get_reward(body: OpenRLHFRequest) -> OpenRLHFResponse:
@@ -447,7 +499,7 @@ def run_server(cfg: ServeConfig) -> None:
 
     try:
         deploy(cfg)
-        print(f"[rayrm.serve] {cfg.model} at {app_url(cfg)}  (POST /v1/rewards, POST /get_reward, GET /v1/model, "
+        print(f"[rayrm.serve] {cfg.model} at {app_url(cfg)}  (POST /v1/rewards, POST /v1/preferences, POST /get_reward, GET /v1/model, "
               f"GET /healthz, GET /docs); Ctrl-C stops", flush=True)
         print(json.dumps(vars(cfg)), flush=True)
         while True:

@@ -48,7 +48,9 @@ def tiny_export(tmp_path_factory) -> str:
     """An untrained tiny Qwen3 reward model in the training export's format (scoring/serving tests)."""
     from rayrm.model import export_base_model
 
-    return export_base_model(TINY_QWEN3, str(tmp_path_factory.mktemp("tiny_export")), 96, tokenizer_name=MINILM, seed=3)
+    # temperature 0.5 (not the neutral 1): calibrated probabilities in scoring and serving must use rayrm.json's T
+    return export_base_model(TINY_QWEN3, str(tmp_path_factory.mktemp("tiny_export")), 96, tokenizer_name=MINILM, seed=3,
+                             temperature=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import MINILM, TINY_QWEN3
 from rayrm.data import pad_batch, special_layout, tokenize_texts
-from rayrm.model import compute_rewards, is_decoder, load_reward_model, load_tokenizer
+from rayrm.model import compute_rewards, is_decoder, is_right_padded, load_reward_model, load_tokenizer
 
 PROMPTS = ["Human: what is two plus two?\n\nAssistant:", "Human: hi\n\nAssistant:", "Human: name a colour\n\nAssistant:"]
 RESPONSES = [" four, obviously, and here is a long explanation of why", " hello", " blue"]
@@ -26,6 +26,9 @@ def test_decoder_left_and_right_padding_agree():
     model = load_reward_model(TINY_QWEN3, tok, seed=1).eval()
     assert is_decoder(model)
     seqs = _seqs(tok)
+    # right padding takes the mask-free causal path, left padding the masked one: both must equal no padding at all
+    assert is_right_padded(pad_batch(seqs, tok.pad_token_id, "right")[1])
+    assert not is_right_padded(pad_batch(seqs, tok.pad_token_id, "left")[1])
     with torch.no_grad():
         left = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "left"))
         right = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))

@@ -57,6 +57,24 @@ def test_best_of_n_block_matches_brute_force_with_ties():
         assert row.top_ids[0] == bid and list(row.top_rewards) == sorted(row.top_rewards, reverse=True)
 
 
+def test_best_of_n_calibrated_probabilities_by_brute_force():
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"prompt_id": rng.integers(0, 20, 200), "id": [f"r{i:03d}" for i in range(200)],
+                       "reward": rng.normal(size=200).astype(np.float32)})
+    df = pd.concat([df, pd.DataFrame({"prompt_id": [99], "id": ["alone"], "reward": [np.float32(2.0)]})])
+    t = 0.7
+    got = best_of_n_block(df, top_k=1, pid="prompt_id", idf="id", extra=[], temperature=t).set_index("prompt_id")
+    for pid, g in df.groupby("prompt_id"):
+        r = np.sort(g["reward"].to_numpy(np.float64))[::-1]
+        # Plackett-Luce first place: exp(r_best / T) / sum exp(r_i / T); BT vs the runner-up: sigmoid(gap / T)
+        assert got.loc[pid, "p_best"] == pytest.approx(np.exp(r[0] / t) / np.exp(r / t).sum(), abs=1e-9)
+        if len(r) == 1:
+            assert got.loc[pid, "p_best"] == 1.0 and np.isnan(got.loc[pid, "p_over_runner_up"])
+        else:
+            assert got.loc[pid, "p_over_runner_up"] == pytest.approx(1 / (1 + np.exp(-(r[0] - r[1]) / t)), abs=1e-9)
+    assert "p_best" not in best_of_n_block(df, top_k=1, pid="prompt_id", idf="id", extra=[]).columns
+
+
 def test_input_globs_dirs_and_missing(tmp_path):
     for name in ("a.parquet", "b.jsonl", "sub/c.parquet", "notes.txt"):
         p = tmp_path / name

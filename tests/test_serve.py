@@ -176,6 +176,57 @@ def test_message_lists_groups_and_normalisation(served, offline):
 
 
 @pytest.mark.integration
+def test_calibrated_preference_probabilities(served, offline, rollouts):
+    prompts, comps = _rows(rollouts, 12)  # rollouts alternate chosen / rejected of one prompt
+    p, a, b = prompts[0::2], comps[0::2], comps[1::2]
+    got = _post("/v1/preferences", {"prompts": p, "completions_a": a, "completions_b": b}).json()
+    swapped = _post("/v1/preferences", {"prompts": p, "completions_a": b, "completions_b": a}).json()
+    r_a, r_b = offline.score(p, a), offline.score(p, b)
+    assert got["temperature"] == offline.temperature == 0.5  # the export's rayrm.json T, not 1
+    np.testing.assert_allclose(got["rewards_a"], r_a, atol=1e-5)
+    np.testing.assert_allclose(got["p_a_better"], 1 / (1 + np.exp(-(r_a - r_b) / 0.5)), atol=1e-5)
+    np.testing.assert_allclose(np.add(got["p_a_better"], swapped["p_a_better"]), 1.0, atol=1e-6)
+    bad = _post("/v1/preferences", {"prompts": p, "completions_a": a, "completions_b": b[:-1]})
+    assert bad.status_code == 422 and "completions_b" in bad.text
+
+
+@pytest.mark.integration
+def test_outcome_and_process_rm_exports_serve_their_aggregate(served, tmp_path):
+    """#6: ORM/PRM exports through the same endpoint: the reward is the aggregate probability, equal offline."""
+    from ray import serve
+
+    from conftest import MINILM, TINY_QWEN3
+    from rayrm.infer import RewardScorer
+    from rayrm.model import export_base_model
+
+    prompts = ["Q: 2 + 3 * 4?\nA:", "Q: half of 18?\nA:", "Q: 7 squared?\nA:"]
+    comps = [" 3 * 4 = 12\n2 + 12 = 14\nThe answer is 14", " 18 / 2 = 9\nThe answer is 9", " 7 * 7 = 48\nThe answer is 48"]
+    apps = []
+    for task in ("orm", "prm"):
+        model = export_base_model(TINY_QWEN3, str(tmp_path / task), 96, tokenizer_name=MINILM, seed=5, task=task)
+        apps.append((task, model, _app_cfg(model, name=f"rm-{task}", route_prefix=f"/{task}")))
+    try:
+        deploy(*[c for _, _, c in apps])
+        for task, model, _ in apps:
+            ref_scorer = RewardScorer(model)
+            t = ref_scorer.tokenize(prompts, comps)
+            ref, per = ref_scorer.score_ids_detailed(t.ids, t.marks)
+            got = requests.post(f"{URL}/{task}/v1/rewards", json={"prompts": prompts, "completions": comps}, timeout=60)
+            assert got.status_code == 200, got.text
+            np.testing.assert_allclose(got.json()["rewards"], ref, atol=1e-5)
+            assert all(0.0 < r < 1.0 for r in got.json()["rewards"])  # probabilities of being correct
+            if task == "prm":  # one probability per step; the reward is their minimum
+                assert [len(x) for x in per] == [3, 2, 2]
+                np.testing.assert_allclose(ref, [x.min() for x in per], atol=1e-6)
+            no_pref = requests.post(f"{URL}/{task}/v1/preferences", timeout=60,
+                                    json={"prompts": prompts, "completions_a": comps, "completions_b": comps})
+            assert no_pref.status_code == 422 and "scalar reward model" in no_pref.text
+    finally:
+        for task, _, _ in apps:
+            serve.delete(f"rm-{task}")
+
+
+@pytest.mark.integration
 def test_openrlhf_protocol(served, offline, rollouts):
     prompts, comps = _rows(rollouts, 6)
     queries = [p + c for p, c in zip(prompts, comps)]
