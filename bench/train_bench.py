@@ -63,7 +63,7 @@ def run_trl(model_name: str, tok_name: str | None, train: list[dict], args: argp
     model = load_reward_model(model_name, tok, seed=42)
     cfg = RewardConfig(
         output_dir=os.path.join(work, "trl"), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-        num_train_epochs=1, max_length=args.max_length, lr_scheduler_type="linear", warmup_ratio=0.03,
+        num_train_epochs=1, max_length=args.max_length, lr_scheduler_type="linear", warmup_steps=0.03,  # < 1: a ratio
         weight_decay=0.0, logging_steps=10, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True,
         bf16=False, dataloader_num_workers=0, seed=42,
     )
