@@ -184,8 +184,10 @@ class RewardScorer:
         """Calibrated P(a preferred over b) = sigmoid((r_a - r_b) / T) for a scalar RM (T from rayrm.json)."""
         if self.task != "reward":
             raise ValueError(f"preference probabilities need a scalar reward model; this export's task is {self.task!r}")
-        d = (np.asarray(r_a, dtype=np.float64) - np.asarray(r_b, dtype=np.float64)) / self.temperature
-        return (0.5 * (1.0 + np.tanh(0.5 * d))).astype(np.float32)  # = sigmoid(d), no overflow warnings
+        from rayrm.metrics import preference_probability
+
+        a, b = (torch.from_numpy(np.asarray(x, dtype=np.float64)) for x in (r_a, r_b))
+        return preference_probability(a, b, self.temperature).numpy().astype(np.float32)
 
     @property
     def model_id(self) -> str:

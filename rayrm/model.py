@@ -206,14 +206,12 @@ def export_base_model(
     tok = load_tokenizer(tokenizer_name or model_name, padding_side=padding_side)
     if task == "reward":
         model = load_reward_model(model_name, tok, seed=seed)
-        head = model.score if is_decoder(model) else model.classifier
         readout = "last_non_pad_token" if is_decoder(model) else "encoder_pooler"
     else:
         model = load_token_model(model_name, tok, 1 if task == "orm" else 3, seed=seed)
-        head = model.score if hasattr(model, "score") else model.classifier
         readout = "token_classifier"
     torch.manual_seed(seed)
-    torch.nn.init.normal_(head.weight, std=0.5)
+    torch.nn.init.normal_((model.score if is_decoder(model) else model.classifier).weight, std=0.5)
     meta = {
         "format": 1,
         "base_model": model_name,

@@ -114,8 +114,7 @@ def run_monitor(cfg: MonitorConfig) -> dict[str, Any]:
     t0 = time.time()
     scorer, r_c, r_r, lengths, counts = score_canary(cfg)
     meta = scorer.meta
-    temperature = float(meta.get("temperature") or 1.0)
-    rep = build_eval_report(r_c, r_r, lengths, cfg.n_length_buckets, cfg.n_bins, temperature)
+    rep = build_eval_report(r_c, r_r, lengths, cfg.n_length_buckets, cfg.n_bins, scorer.temperature)
     n = counts["pairs"]
     current = {k: rep[k] for k in ("accuracy", "ece", "ece_raw", "margin", "reward_mean", "reward_std", "temperature")}
     current["accuracy_ci95"] = wilson_interval(current["accuracy"], n)

@@ -438,13 +438,18 @@ def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str], t
         "spread": (g["reward"].max() - g["reward"].min()).reindex(best.index).to_numpy(),
     })
     if temperature is not None:
+        import torch
+
+        from rayrm.metrics import preference_probability
+
         z = (df["reward"].astype(np.float64) - df.groupby(pid, sort=False)["reward"].transform("max")) / temperature
         denom = np.exp(z).groupby(df[pid], sort=False).sum().reindex(best.index).to_numpy()
         out["p_best"] = 1.0 / denom
         second = g["reward"].nth(1)
         second = pd.Series(second.to_numpy(), index=df.loc[second.index, pid].to_numpy()).reindex(best.index)
-        gap = (best["reward"].astype(np.float64) - second.astype(np.float64)).to_numpy() / temperature
-        out["p_over_runner_up"] = 0.5 * (1.0 + np.tanh(0.5 * gap))
+        out["p_over_runner_up"] = preference_probability(
+            torch.from_numpy(best["reward"].to_numpy(np.float64)), torch.from_numpy(second.to_numpy(np.float64)),
+            temperature).numpy()
     for col in extra:
         out["best_" + col] = best[col].to_numpy()
     if top_k > 1:
