@@ -96,6 +96,7 @@ class TrainLoopConfig:
     tensorboard: bool = True  # rank 0 writes scalars to <output_dir>/tensorboard/<name> (tensorboard --logdir ...)
     wandb_project: str | None = None  # also log to this W&B project (needs `pip install wandb`)
     calibrate: bool = True  # fit a temperature T on the eval split so sigmoid((r_c - r_r)/T) is calibrated (rayrm.json)
+    disable_dropout: bool = True  # as TRL's RewardConfig: dropout off while training (noisier r_c - r_r otherwise)
     center_coef: float = 0.0  # reward-centering penalty coef * mean((r_c + r_r)^2); 0 disables it
     eval_every: int = 0  # optimizer steps between evaluations; 0 -> only at the end
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one

@@ -111,6 +111,19 @@ def load_token_model(
     return _load_classifier(AutoModelForTokenClassification, name, tokenizer, num_labels, trust_remote_code, dtype, seed)
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability to 0 (nn.Dropout modules and the float `attention_dropout` that SDPA-based
+    attentions read), as TRL's RewardTrainer does by default: independent dropout masks on the chosen and rejected
+    passes add noise to r_c - r_r. Returns how many were changed."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        if isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout > 0:
+            m.attention_dropout, n = 0.0, n + 1
+    return n
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(b, s) mask -> (b, s) positions counting real tokens only, so left padding does not shift positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -132,6 +132,10 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
         model = load_token_model(c["model"], tok, num_labels, c["trust_remote_code"], seed=c["train"]["seed"])
         module = TokenModule(model)
         tok.padding_side = "right"
+    if c["train"]["disable_dropout"]:
+        from rayrm.model import disable_dropout
+
+        disable_dropout(model)
     o = c["optim"]
     gpu = bool(c["scaling"]["use_gpu"]) and torch.cuda.is_available()
     if gpu:

@@ -5,7 +5,14 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import MINILM, TINY_QWEN3
 from rayrm.data import pad_batch, special_layout, tokenize_texts
-from rayrm.model import compute_rewards, is_decoder, is_right_padded, load_reward_model, load_tokenizer
+from rayrm.model import (
+    compute_rewards,
+    disable_dropout,
+    is_decoder,
+    is_right_padded,
+    load_reward_model,
+    load_tokenizer,
+)
 
 PROMPTS = ["Human: what is two plus two?\n\nAssistant:", "Human: hi\n\nAssistant:", "Human: name a colour\n\nAssistant:"]
 RESPONSES = [" four, obviously, and here is a long explanation of why", " hello", " blue"]
@@ -82,3 +89,23 @@ def test_encoder_left_padding_is_moved_right():
         left = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "left"))
         right = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
     assert torch.allclose(left, right, atol=1e-5)
+
+
+def test_disable_dropout_makes_training_forwards_deterministic():
+    tok = load_tokenizer(MINILM)
+    seqs = pad_batch(_seqs(tok), tok.pad_token_id, "right")
+    for name in (MINILM, TINY_QWEN3):
+        model = load_reward_model(name, tok, seed=1)
+        if name == TINY_QWEN3:  # Qwen3 keeps attention dropout as a float the SDPA call reads
+            for m in model.modules():
+                if hasattr(m, "attention_dropout"):
+                    m.attention_dropout = 0.5
+        model.train()
+        with torch.no_grad():
+            a, b = compute_rewards(model, *seqs), compute_rewards(model, *seqs)
+        assert not torch.allclose(a, b), name  # dropout on: two training-mode forwards differ
+        assert disable_dropout(model) > 0
+        with torch.no_grad():
+            a, b = compute_rewards(model, *seqs), compute_rewards(model, *seqs)
+        assert torch.equal(a, b), name
+        assert disable_dropout(model) == 0  # nothing left to turn off
