@@ -102,6 +102,8 @@ class TrainLoopConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one
     eval_batch_size: int = 16  # pairs per eval forward
     group_by_length: bool = True  # sort pairs by length inside a buffer so micro-batches carry little padding
+    forward_chunks: int = 4  # a micro-batch runs as up to this many forwards of similar-length rows (less padding,
+    # same rewards); 1: one forward. ZeRO-3 always uses 1: its parameter gathers must match across ranks
     length_group_batches: int = 32  # micro-batches per sorting buffer (larger: less padding, coarser shuffle)
     seed: int = 42
     max_failures: int = 2  # worker-group restarts Ray Train allows before the run fails
@@ -117,7 +119,7 @@ class TrainLoopConfig:
                "train.aggregate must be mean, min, product or last")
         _check(self.epochs >= 1 and self.micro_batch_size >= 1, "train.epochs and micro_batch_size must be >= 1")
         _check(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1")
-        for name in ("eval_batch_size", "log_every", "length_group_batches", "max_failures"):
+        for name in ("eval_batch_size", "log_every", "length_group_batches", "max_failures", "forward_chunks"):
             _check(getattr(self, name) >= (0 if name == "max_failures" else 1), f"train.{name} must be >= 1")
         _check(self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every/checkpoint_every must be >= 0")
         if self.fail_at_step is not None:

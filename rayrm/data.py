@@ -448,6 +448,38 @@ def collate_groups(batch: dict[str, Any], pad_id: int, padding_side: str = "righ
     }
 
 
+def padding_chunks(lengths: Any, max_chunks: int, per_chunk_cost: float = 0.03) -> list[np.ndarray]:
+    """Split a batch's rows into at most `max_chunks` forwards of similar length, so each is padded only to its own
+    longest row. Rows are sorted by length and cut into contiguous runs at the points that minimise padded tokens
+    (exact DP); each extra forward must save `per_chunk_cost` of the one-forward cost to be taken. Returns index
+    arrays into `lengths` (ascending lengths; together they cover every row exactly once)."""
+    lens = np.asarray(lengths, dtype=np.int64)
+    n = len(lens)
+    order = np.argsort(lens, kind="stable")
+    if max_chunks <= 1 or n < 2:
+        return [order]
+    srt = lens[order]
+    k_max = min(max_chunks, n)
+    inf = float("inf")
+    # best[k][i]: least padded tokens for the first i sorted rows in k runs; a run (j, i] costs (i - j) * srt[i - 1]
+    best = [[inf] * (n + 1) for _ in range(k_max + 1)]
+    cut = [[0] * (n + 1) for _ in range(k_max + 1)]
+    best[0][0] = 0.0
+    for k in range(1, k_max + 1):
+        for i in range(1, n + 1):
+            for j in range(k - 1, i):
+                v = best[k - 1][j] + (i - j) * float(srt[i - 1])
+                if v < best[k][i]:
+                    best[k][i], cut[k][i] = v, j
+    one = best[1][n]
+    k_best = min(range(1, k_max + 1), key=lambda k: best[k][n] + (k - 1) * per_chunk_cost * one)
+    bounds, i = [], n
+    for k in range(k_best, 0, -1):
+        bounds.append((cut[k][i], i))
+        i = cut[k][i]
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
 def length_grouped(
     batches: Iterator[dict[str, np.ndarray]], micro_batch_size: int, seed: int, group: bool = True
 ) -> Iterator[dict[str, np.ndarray]]:

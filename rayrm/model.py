@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
@@ -177,6 +178,31 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     last = (torch.arange(s, device=attention_mask.device) * attention_mask.long()).argmax(-1)  # (b,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (b, h)
     return model.score(pooled)[:, 0]
+
+
+def chunked_rewards(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_chunks: int
+) -> torch.Tensor:
+    """`compute_rewards` over a padded batch in up to `max_chunks` forwards of similar-length rows, each cut to its own
+    longest row (`rayrm.data.padding_chunks`): fewer padded tokens, the same rewards (each row's reward does not depend
+    on its batch-mates). Rewards come back in the input's row order."""
+    from rayrm.data import padding_chunks
+
+    if max_chunks <= 1:
+        return compute_rewards(model, input_ids, attention_mask)
+    lens = attention_mask.sum(-1)
+    parts = padding_chunks(lens.cpu().numpy(), max_chunks)
+    if len(parts) == 1:
+        return compute_rewards(model, input_ids, attention_mask)
+    right = is_right_padded(attention_mask)
+    outs = []
+    for idx_np in parts:
+        idx = torch.as_tensor(idx_np, device=input_ids.device)
+        n = int(lens[idx].max())
+        cols = slice(0, n) if right else slice(input_ids.shape[1] - n, None)  # left padding: the real tokens end last
+        outs.append(compute_rewards(model, input_ids[idx, cols], attention_mask[idx, cols]))
+    order = torch.as_tensor(np.concatenate(parts), device=input_ids.device)
+    return torch.cat(outs)[torch.argsort(order)]  # back to the input's row order
 
 
 def save_export(

@@ -85,14 +85,15 @@ class TokenModule(torch.nn.Module):
 class RewardModule(torch.nn.Module):
     """Wraps the HF classifier so the DeepSpeed engine's forward is the reward read-out: (b, s) -> (b,)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, max_chunks: int = 1):
         super().__init__()
         self.model = model
+        self.max_chunks = max_chunks  # forwards per batch, rows grouped by length (rayrm.model.chunked_rewards)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from rayrm.model import compute_rewards
+        from rayrm.model import chunked_rewards
 
-        return compute_rewards(self.model, input_ids, attention_mask)
+        return chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
 
 
 def deepspeed_config(c: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +125,9 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
     tok = load_tokenizer(c["tokenizer"] or c["model"], c["trust_remote_code"], c["padding_side"])
     if c["task"] == "reward":
         model = load_reward_model(c["model"], tok, c["trust_remote_code"], seed=c["train"]["seed"])
-        module: torch.nn.Module = RewardModule(model)
+        # ZeRO-3 gathers parameters in every forward, so every rank must run the same number: one per batch there
+        chunks = 1 if c["deepspeed"]["zero_stage"] == 3 else c["train"]["forward_chunks"]
+        module: torch.nn.Module = RewardModule(model, chunks)
         if not is_decoder(model):
             tok.padding_side = "right"  # encoder poolers read position 0
     else:  # token-level heads: right padding, so causal decoders need no position fix-up

@@ -252,3 +252,34 @@ def test_groups_stay_whole_through_tokenising_batching_and_collation():
             for r in range(ks[row]):  # best-first order kept: rank r of group g is completion r of that prompt
                 seq = c["input_ids"][c["index"][g, r]][c["attention_mask"][c["index"][g, r]] > 0].tolist()
                 assert tok.tokenizer.decode(seq, skip_special_tokens=True).startswith(f"prompt {row} c{row} r{r}")
+
+
+def test_padding_chunks_cover_every_row_once_and_cut_padding():
+    import itertools
+
+    import numpy as np
+
+    from rayrm.data import padding_chunks
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        lens = rng.integers(1, 500, size=int(rng.integers(1, 40)))
+        one = len(lens) * lens.max()
+        for k in (1, 2, 4):
+            parts = padding_chunks(lens, k)
+            assert len(parts) <= k
+            assert sorted(np.concatenate(parts).tolist()) == list(range(len(lens)))  # each row exactly once
+            padded = sum(len(p) * lens[p].max() for p in parts)
+            assert padded <= one
+            if k == 1:
+                assert padded == one
+    # two clear clusters: two forwards, split between them; the DP optimum equals brute force over cut points
+    lens = np.array([10, 500, 12, 490, 11, 505])
+    parts = padding_chunks(lens, 4)
+    assert [sorted(p.tolist()) for p in parts] == [[0, 2, 4], [1, 3, 5]]
+    srt = np.sort(lens)
+    brute = min(
+        sum((b - a) * srt[b - 1] for a, b in zip((0, *cuts), (*cuts, len(srt))))
+        for cuts in itertools.combinations(range(1, len(srt)), 1)
+    )
+    assert sum(len(p) * lens[p].max() for p in parts) == brute

@@ -6,6 +6,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import MINILM, TINY_QWEN3
 from rayrm.data import pad_batch, special_layout, tokenize_texts
 from rayrm.model import (
+    chunked_rewards,
     compute_rewards,
     disable_dropout,
     is_decoder,
@@ -109,3 +110,18 @@ def test_disable_dropout_makes_training_forwards_deterministic():
             a, b = compute_rewards(model, *seqs), compute_rewards(model, *seqs)
         assert torch.equal(a, b), name
         assert disable_dropout(model) == 0  # nothing left to turn off
+
+
+def test_chunked_forwards_give_the_same_rewards_with_less_padding():
+    tok = load_tokenizer(MINILM)
+    texts = [" word" * n for n in (3, 40, 5, 38, 90, 2, 41, 88)]  # three length clusters, shuffled
+    ids, _ = tokenize_texts(["Human: hi\n\nAssistant:"] * len(texts), texts, tok, 128, special_layout(tok))
+    for name, side in ((MINILM, "right"), (TINY_QWEN3, "right"), (TINY_QWEN3, "left")):
+        model = load_reward_model(name, tok, seed=1).eval()
+        batch = pad_batch(ids, tok.pad_token_id, side)
+        with torch.no_grad():
+            whole = compute_rewards(model, *batch)
+            for k in (2, 3, 4):
+                parts = chunked_rewards(model, *batch, k)
+                assert torch.allclose(parts, whole, atol=1e-5), (name, side, k, parts, whole)
+        assert whole.std() > 0
