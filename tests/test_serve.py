@@ -333,6 +333,7 @@ def test_model_card_and_openapi_docs(served, tiny_export):
     assert card["meta"]["max_length"] == 96 and card["meta"]["reward_std"] == 1.0
     assert card["settings"]["batching"] and card["settings"]["max_items"] == LIMITS["max_items"]
     assert card["model"] == tiny_export and not card["settings"]["auth"]
+    assert card["settings"]["gil_switch_interval_s"] == pytest.approx(0.001)  # the config's default, set per replica
     paths = requests.get(URL + "/openapi.json", timeout=30).json()["paths"]
     assert {"/v1/rewards", "/get_reward", "/v1/model", "/healthz"} <= set(paths)
     assert requests.get(URL + "/docs", timeout=30).status_code == 200
