@@ -112,6 +112,7 @@ def main() -> None:
                    help="also feed pairs longer than max_length (rayrm truncates them, TRL drops them); by default both "
                         "sides get only the pairs that fit, so they train on the same rows")
     p.add_argument("--scaling", action="store_true", help="also measure 2 workers x 1 thread vs 1 worker x 1 thread")
+    p.add_argument("--scaling-only", action="store_true", help="only the scaling runs (no TRL, no 1-worker run)")
     args = p.parse_args()
 
     import ray
@@ -139,22 +140,30 @@ def main() -> None:
             f.writelines(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in part)
     torch.set_num_threads(args.threads)
 
-    trl = run_trl(model_name, tok_name, train, args, work)
-    trl["eval_accuracy"] = held_out_accuracy(trl["export"], tok_name or model_name, held, args.max_length)
+    result: dict = {"model": args.model, "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
+                    "pairs": len(train), "over_length_pairs_left_out": dropped}
+    if not args.scaling_only:
+        trl = run_trl(model_name, tok_name, train, args, work)
+        trl["eval_accuracy"] = held_out_accuracy(trl["export"], tok_name or model_name, held, args.max_length)
     ray.init(num_cpus=max(2, args.threads), include_dashboard=False)
-    ours = run_rayrm(model_name, tok_name, args, work, workers=1, threads=args.threads, tag="1w")
-    ours["eval_accuracy_same_fn"] = held_out_accuracy(ours["export"], ours["export"], held, args.max_length)
-    result = {"model": args.model, "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
-              "over_length_pairs_left_out": dropped,
-              "trl": trl, "rayrm": ours, "speedup": ours["pairs_per_s"] / trl["pairs_per_s"],
-              "accuracy_delta": ours["eval_accuracy_same_fn"] - trl["eval_accuracy"]}
-    if args.scaling:
+    if not args.scaling_only:
+        ours = run_rayrm(model_name, tok_name, args, work, workers=1, threads=args.threads, tag="1w")
+        ours["eval_accuracy_same_fn"] = held_out_accuracy(ours["export"], ours["export"], held, args.max_length)
+        result |= {"trl": trl, "rayrm": ours, "speedup": ours["pairs_per_s"] / trl["pairs_per_s"],
+                   "accuracy_delta": ours["eval_accuracy_same_fn"] - trl["eval_accuracy"]}
+    if args.scaling or args.scaling_only:
         one = run_rayrm(model_name, tok_name, args, work, workers=1, threads=1, tag="1x1")
         two = run_rayrm(model_name, tok_name, args, work, workers=2, threads=1, tag="2x1")
         result["scaling"] = {"1x1_pairs_per_s": one["pairs_per_s"], "2x1_pairs_per_s": two["pairs_per_s"],
                              "efficiency": two["pairs_per_s"] / (2 * one["pairs_per_s"])}
     ray.shutdown()
     print(json.dumps(result, indent=2, default=str))
+    if "scaling" in result:
+        sc = result["scaling"]
+        print(f"RESULT scaling: 1 worker x 1 thread {sc['1x1_pairs_per_s']:.2f} pairs/s, 2 workers x 1 thread "
+              f"{sc['2x1_pairs_per_s']:.2f} pairs/s: efficiency {sc['efficiency']:.2f}")
+    if args.scaling_only:
+        return
     print(f"RESULT rayrm {ours['pairs_per_s']:.2f} pairs/s vs TRL {trl['pairs_per_s']:.2f} pairs/s: "
           f"{result['speedup']:.2f}x; held-out accuracy {ours['eval_accuracy_same_fn']:.3f} vs {trl['eval_accuracy']:.3f}")
 

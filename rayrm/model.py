@@ -190,15 +190,15 @@ def chunked_rewards(
 
     if max_chunks <= 1:
         return compute_rewards(model, input_ids, attention_mask)
-    lens = attention_mask.sum(-1)
-    parts = padding_chunks(lens.cpu().numpy(), max_chunks)
+    lens = attention_mask.sum(-1).cpu().numpy()  # one host copy; chunk widths are read from it, not the device
+    parts = padding_chunks(lens, max_chunks)
     if len(parts) == 1:
         return compute_rewards(model, input_ids, attention_mask)
     right = is_right_padded(attention_mask)
     outs = []
     for idx_np in parts:
         idx = torch.as_tensor(idx_np, device=input_ids.device)
-        n = int(lens[idx].max())
+        n = int(lens[idx_np].max())
         cols = slice(0, n) if right else slice(input_ids.shape[1] - n, None)  # left padding: the real tokens end last
         outs.append(compute_rewards(model, input_ids[idx, cols], attention_mask[idx, cols]))
     order = torch.as_tensor(np.concatenate(parts), device=input_ids.device)
