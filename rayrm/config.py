@@ -167,6 +167,7 @@ class ScoreConfig:
     prompt_id_field: str = "prompt_id"  # groups the N completions of one prompt for best-of-N
     best_of_n: str = "auto"  # "auto": when the input has prompt ids; "on": require them; "off"
     top_k: int = 1  # best-of-N also lists the top k completions per prompt when > 1
+    best_of_n_rows_per_pass: int = 2_000_000  # best-of-N holds this many (prompt_id, id, reward) rows in the driver
     dtype: str = "fp32"  # "fp32" or "bf16" (AMX CPUs, GPUs)
     num_actors: int = 1  # model replicas in the scoring pool
     cpus_per_actor: float = 1.0  # CPUs reserved per scoring actor
@@ -191,6 +192,7 @@ class ScoreConfig:
         _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
         _check(self.on_bad_row in ("error", "mark"), "on_bad_row must be 'error' or 'mark'")
         _check(self.top_k >= 1 and self.num_actors >= 1, "top_k and num_actors must be >= 1")
+        _check(self.best_of_n_rows_per_pass >= 1, "best_of_n_rows_per_pass must be >= 1")
         _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0 and self.read_cpus > 0,
                "cpus_per_actor, tokenize_cpus and read_cpus must be > 0")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1 and self.block_rows >= 1,

@@ -565,25 +565,58 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
 
 
 def _write_best_of_n(cfg: ScoreConfig, meta: dict[str, Any]) -> int:
-    import ray.data
+    """best_of_n/ from the shards: a few small columns per row, not a shuffle of whole rows.
 
+    Rows of (prompt_id, id, reward) are read shard by shard in the driver, in passes over the prompt ids' hash
+    (`best_of_n_rows_per_pass` rows at most per pass, so memory stays bounded whatever the input size); each pass
+    ranks its prompts (`best_of_n_block`), then reads only the winners' completions and writes one part file.
+    A Ray Data hash shuffle of every column did this before and set the job's peak memory at 1M rollouts.
+    """
     temperature = float(meta.get("temperature") or 1.0) if meta.get("task", "reward") == "reward" else None
-
     fs, out = _fs(cfg.output)
     best_dir = _join(out, BEST)
     if fs.get_file_info(best_dir).type != pafs.FileType.NotFound:
         fs.delete_dir(best_dir)
-    pidf, idf = cfg.prompt_id_field, cfg.id_field
-    extra = [cfg.completion_field] if _has_column(shard_files(cfg.output)[0], cfg.completion_field) else []
-    cols = [pidf, idf, "reward", *extra]
-    ds = ray.data.read_parquet(shard_files(cfg.output), columns=cols)
-    n_blocks = max(1, min(64, len(shard_files(cfg.output))))
-    ds = ds.repartition(n_blocks, keys=[pidf]).map_batches(
-        best_of_n_block, batch_format="pandas", batch_size=None,
-        fn_kwargs={"top_k": cfg.top_k, "pid": pidf, "idf": idf, "extra": extra, "temperature": temperature},
-    )
-    ds.write_parquet(cfg.output.rstrip("/") + "/" + BEST)
-    return int(pq.ParquetDataset(best_dir, filesystem=fs).read(columns=[pidf]).num_rows)
+    fs.create_dir(best_dir, recursive=True)
+    pidf, idf, cf = cfg.prompt_id_field, cfg.id_field, cfg.completion_field
+    files = shard_files(cfg.output)
+    has_completion = _has_column(files[0], cf)
+    n_rows = 0
+    for f in files:
+        ffs, p = _fs(f)
+        with ffs.open_input_file(p) as fh:
+            n_rows += pq.ParquetFile(fh).metadata.num_rows
+    passes = max(1, -(-n_rows // cfg.best_of_n_rows_per_pass))
+    total = 0
+    for k in range(passes):
+        parts = []
+        for f in files:
+            ffs, p = _fs(f)
+            with ffs.open_input_file(p) as fh:
+                t = pq.read_table(fh, columns=[pidf, idf, "reward"])
+            if passes > 1:
+                t = t.filter(pa.array(id_hash(t[pidf].to_pylist()) % np.uint64(passes) == k))
+            parts.append(t)
+        best = best_of_n_block(pa.concat_tables(parts).to_pandas(), cfg.top_k, pidf, idf, [], temperature)
+        del parts
+        if best.empty:
+            continue
+        if has_completion:  # the winners' completions only: one pass over the shards, filtered by id
+            winners = pa.array(best["best_id"].tolist())
+            found: dict[Any, Any] = {}
+            for f in files:
+                ffs, p = _fs(f)
+                with ffs.open_input_file(p) as fh:
+                    t = pq.read_table(fh, columns=[idf, cf])
+                t = t.filter(pc.is_in(t[idf], value_set=winners.cast(t[idf].type)))
+                found.update(zip(t[idf].to_pylist(), t[cf].to_pylist()))
+            best["best_" + cf] = [found[i] for i in best["best_id"]]
+        name = _join(best_dir, f"part-{k:05d}.parquet")
+        with fs.open_output_stream(name + ".tmp") as fh:
+            pq.write_table(pa.Table.from_pandas(best, preserve_index=False), fh)
+        fs.move(name + ".tmp", name)
+        total += len(best)
+    return total
 
 
 def _count_bad(output: str) -> int:

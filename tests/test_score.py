@@ -16,7 +16,8 @@ from transformers import AutoModelForSequenceClassification
 from conftest import ROOT
 from rayrm.config import ScoreConfig, load_config
 from rayrm.infer import RewardScorer
-from rayrm.score import BadRolloutError, best_of_n_block, list_input_files, run_scoring
+from rayrm.model import read_meta
+from rayrm.score import BadRolloutError, _write_best_of_n, best_of_n_block, list_input_files, run_scoring
 
 
 def _cfg(export, inp, out, *overrides) -> ScoreConfig:
@@ -120,6 +121,13 @@ def test_parquet_scores_equal_single_row_scoring_and_best_of_n(ray_cluster, tiny
         assert abs(best.loc[pid, "best_reward"] - rew) < 1e-6 and abs(best.loc[pid, "spread"] - spread) < 1e-6
         assert best.loc[pid, "best_completion"] == out.set_index("id").loc[bid, "completion"]
     assert os.path.exists(tmp_path / "out/_SUCCESS.json")
+
+    # best-of-N in passes over the prompt ids' hash (bounded driver memory) gives the same table as one pass
+    cfg = _cfg(tiny_export, str(tmp_path / "in/*.parquet"), str(tmp_path / "out"), "top_k=2", "best_of_n_rows_per_pass=9")
+    assert _write_best_of_n(cfg, read_meta(tiny_export)) == len(ref)
+    assert len(os.listdir(tmp_path / "out/best_of_n")) > 1  # several passes wrote parts
+    again = pd.read_parquet(tmp_path / "out/best_of_n").set_index("prompt_id").loc[best.index]
+    pd.testing.assert_frame_equal(again, best)
 
 
 @pytest.mark.integration
