@@ -38,18 +38,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5, device: str = "cpu") -> float:
-    """Measured FLOP/s of an n^3 matmul in `dtype` with torch's default threads (on a GPU: n = 8192, synced)."""
-    if device != "cpu":
-        n, reps = 8192, 20
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Measured FLOP/s of an n^3 matmul in `dtype` with torch's default threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
-    sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -126,7 +121,12 @@ def throughput(args: argparse.Namespace) -> None:
     rows = hh_rollouts(args.rows)
     base_rows = rows[: args.baseline_rows or len(rows)]
     device = "cuda" if args.gpus_per_actor > 0 else "cpu"
-    peak32, peak16 = matmul_peak(torch.float32, device=device), matmul_peak(torch.bfloat16, device=device)
+    if device == "cuda":
+        from bench.gpu_train_bench import matmul_peak as cuda_matmul_peak
+
+        peak32, peak16 = cuda_matmul_peak(torch.float32), cuda_matmul_peak(torch.bfloat16)
+    else:
+        peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     n_params = non_embedding_params(AutoModelForSequenceClassification.from_pretrained(model_dir))
 
     plain_loop(model_dir, base_rows[:64], device)  # warm-up (CUDA context, kernels); not timed

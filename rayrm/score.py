@@ -406,12 +406,14 @@ def read_done_ids(output: str, id_field: str) -> np.ndarray:
     files = shard_files(output)
     if not files:
         return np.zeros(0, dtype=np.uint64)
-    parts = []
-    for f in files:
-        fs, p = _fs(f)
-        with fs.open_input_file(p) as fh:
-            parts.append(id_hash(pq.read_table(fh, columns=[id_field])[id_field].to_pylist()))
-    return np.concatenate(parts)
+    return np.concatenate([id_hash(_read_shard(f, [id_field])[id_field].to_pylist()) for f in files])
+
+
+def _read_shard(path: str, columns: list[str]) -> pa.Table:
+    """Some columns of one output shard (local or remote)."""
+    fs, p = _fs(path)
+    with fs.open_input_file(p) as fh:
+        return pq.read_table(fh, columns=columns)
 
 
 def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str], temperature: float | None = None) -> Any:
@@ -581,19 +583,12 @@ def _write_best_of_n(cfg: ScoreConfig, meta: dict[str, Any]) -> int:
     pidf, idf, cf = cfg.prompt_id_field, cfg.id_field, cfg.completion_field
     files = shard_files(cfg.output)
     has_completion = _has_column(files[0], cf)
-    n_rows = 0
-    for f in files:
-        ffs, p = _fs(f)
-        with ffs.open_input_file(p) as fh:
-            n_rows += pq.ParquetFile(fh).metadata.num_rows
-    passes = max(1, -(-n_rows // cfg.best_of_n_rows_per_pass))
+    passes = max(1, -(-count_input_rows(files) // cfg.best_of_n_rows_per_pass))  # row counts from the footers
     total = 0
     for k in range(passes):
         parts = []
         for f in files:
-            ffs, p = _fs(f)
-            with ffs.open_input_file(p) as fh:
-                t = pq.read_table(fh, columns=[pidf, idf, "reward"])
+            t = _read_shard(f, [pidf, idf, "reward"])
             if passes > 1:
                 t = t.filter(pa.array(id_hash(t[pidf].to_pylist()) % np.uint64(passes) == k))
             parts.append(t)
@@ -605,9 +600,7 @@ def _write_best_of_n(cfg: ScoreConfig, meta: dict[str, Any]) -> int:
             winners = pa.array(best["best_id"].tolist())
             found: dict[Any, Any] = {}
             for f in files:
-                ffs, p = _fs(f)
-                with ffs.open_input_file(p) as fh:
-                    t = pq.read_table(fh, columns=[idf, cf])
+                t = _read_shard(f, [idf, cf])
                 t = t.filter(pc.is_in(t[idf], value_set=winners.cast(t[idf].type)))
                 found.update(zip(t[idf].to_pylist(), t[cf].to_pylist()))
             best["best_" + cf] = [found[i] for i in best["best_id"]]
@@ -623,9 +616,7 @@ def _count_bad(output: str) -> int:
     """Rows flagged with an `error` (on_bad_row=mark) across all shards."""
     n = 0
     for f in shard_files(output):
-        fs, p = _fs(f)
-        with fs.open_input_file(p) as fh:
-            col = pq.read_table(fh, columns=["error"])["error"]
+        col = _read_shard(f, ["error"])["error"]
         n += len(col) - col.null_count
     return n
 
