@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=0, help="train on the first N of the 3,459 train pairs (0: all)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
-    p.add_argument("--lr", type=float, default=6e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--keep-over-length", action="store_true",
                    help="also feed pairs longer than max_length (rayrm truncates them, TRL drops them); by default both "

@@ -72,10 +72,10 @@ def _load_classifier(
     but no weights builds the model from that config with seeded random init (the embedded tiny default). The
     model's pad id is set to the tokenizer's, so plain `transformers` inference on the export finds the same tokens."""
     path = resolve_model_path(name)
+    torch.manual_seed(seed)  # seeds the random init: the whole model from a config, or a pretrained model's new head
     if os.path.isdir(path) and not has_weights(path):
         config = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
         config.pad_token_id = tokenizer.pad_token_id
-        torch.manual_seed(seed)
         model = auto_cls.from_config(config, trust_remote_code=trust_remote_code)
     else:
         model = auto_cls.from_pretrained(

@@ -461,24 +461,35 @@ def train_loop(c: dict[str, Any]) -> None:
 
     # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
     sink = MetricSink(c, rank)
-    losses, sizes, t0, pairs_seen = [], [], time.time(), 0
+    losses, sizes, pairs_seen = [], [], 0
+    phase = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)  # seconds of this worker's loop
+    train_secs = 0.0  # loop time, evaluations and checkpoints excluded
     eval_metrics: dict[str, float] = {}
     while state["epoch"] < tr["epochs"]:
         buffers = shard.iter_batches(
             batch_size=tr["micro_batch_size"] * tr["length_group_batches"], batch_format="numpy", prefetch_batches=1
         )
         it = length_grouped(buffers, tr["micro_batch_size"], tr["seed"] + state["epoch"], tr["group_by_length"])
+        t_last = time.perf_counter()
         for micro, b in enumerate(it):
             if micro < state["micro_step"]:
                 continue  # fast-forward after a restart
             batch = _device_batch(_collate(c["task"], b, tok), device)
             weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
             boundary = engine.is_gradient_accumulation_boundary()  # this micro-batch completes an optimizer step
+            t_data = time.perf_counter()
             loss = step_loss(engine, batch, weight, tr)
+            t_fwd = time.perf_counter()
             engine.backward(loss)
+            t_bwd = time.perf_counter()
             engine.step()
             n_real = int(weight.sum())
-            losses.append(loss.item())
+            losses.append(loss.item())  # syncs the device, so the optimizer phase holds its kernels
+            t_end = time.perf_counter()
+            for k, (a, z) in zip(phase, ((t_last, t_data), (t_data, t_fwd), (t_fwd, t_bwd), (t_bwd, t_end))):
+                phase[k] += z - a
+            train_secs += t_end - t_last
+            t_last = t_end
             sizes.append(n_real)
             pairs_seen += n_real
             state["micro_step"] = micro + 1
@@ -490,8 +501,9 @@ def train_loop(c: dict[str, Any]) -> None:
             # 3. progress, evaluation, checkpoint, fault injection
             if step % tr["log_every"] == 0:
                 recent = size_weighted_mean(losses[-tr['log_every']:], sizes[-tr['log_every']:])
-                rate = pairs_seen * world / (time.time() - t0)
-                log(f"step {step}/{total_steps} loss {recent:.4f} lr {engine.get_lr()[0]:.2e} {rate:.1f} pairs/s")
+                rate = pairs_seen * world / max(1e-9, train_secs)
+                split = " ".join(f"{k} {v / max(1e-9, train_secs):.0%}" for k, v in phase.items())
+                log(f"step {step}/{total_steps} loss {recent:.4f} lr {engine.get_lr()[0]:.2e} {rate:.1f} pairs/s ({split})")
                 sink.write({"train_loss": recent, "train_lr": engine.get_lr()[0], "train_pairs_per_s": rate}, step)
             do_eval = tr["eval_every"] and step % tr["eval_every"] == 0 and step < total_steps
             do_ckpt = tr["checkpoint_every"] and step % tr["checkpoint_every"] == 0 and step < total_steps
@@ -507,6 +519,7 @@ def train_loop(c: dict[str, Any]) -> None:
                     ray.train.report(metrics)
                 if do_ckpt and tr["fail_at_step"] == step:
                     _inject_fault(c, rank, world, step)
+            t_last = time.perf_counter()  # logging, evaluation and checkpoints are not loop time
         state["epoch"] += 1
         state["micro_step"] = 0
 
@@ -519,7 +532,8 @@ def train_loop(c: dict[str, Any]) -> None:
     metrics = {
         "step": state["step"],
         "train_loss": _global_mean(losses, sizes, device),
-        "train_pairs_per_s": pairs_seen * world / max(1e-9, time.time() - t0),
+        "train_pairs_per_s": pairs_seen * world / max(1e-9, train_secs),
+        **{f"train_share_{k}": v / max(1e-9, train_secs) for k, v in phase.items()},
         "restarts": state["restarts"],
         **eval_metrics,
     }
@@ -592,6 +606,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if cfg.task == "reward":  # render on the driver: chat templates, implicit prompts
             part = [{k: v for k, v in render_group(r, tok).items() if k in keys} for r in part]
         ds = ray.data.from_items(_pad_to_multiple(part, world))
+        ds.context.execution_options.preserve_order = True  # same rows in the same order: a seed gives one model
         ds = ds.map_batches(fn, fn_constructor_kwargs=kwargs, batch_size=256,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0.5)
         return ds.materialize()
@@ -615,7 +630,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
@@ -635,12 +650,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     _guard_run_dir(os.path.join(cfg.storage_path or os.path.join(output_dir, "ray"), cfg.name), loop_config)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # each worker's shard in the same order on every run (reproducible training)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path or os.path.join(output_dir, "ray"),

@@ -82,6 +82,13 @@ def test_encoder_keeps_its_pooler():
     assert torch.allclose(batch, alone, atol=1e-5) and torch.equal(batch, direct)
 
 
+def test_pretrained_backbone_new_head_is_seeded():
+    # a pretrained backbone's fresh linear head must come from the seed, or two runs of one config differ
+    tok = load_tokenizer(MINILM)
+    heads = [load_reward_model(MINILM, tok, seed=s).classifier.weight for s in (5, 5, 6)]
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
 def test_encoder_left_padding_is_moved_right():
     tok = load_tokenizer(MINILM)
     model = load_reward_model(MINILM, tok).eval()
