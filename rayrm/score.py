@@ -282,34 +282,10 @@ def _tokenizer_for(model_dir: str) -> Any:
     return tok, meta, special_layout(tok, meta.get("append_eos", True))
 
 
-def trim_heap() -> None:
-    """Hand the C heap's free pages back to the OS (glibc `malloc_trim`; a no-op elsewhere).
-
-    Each block's Python lists, tensors and tokenizer buffers are freed after the block, but glibc keeps the pages in
-    its arenas, fragmented, so a long-lived worker's RSS creeps up with the number of blocks it has seen (at 1M
-    rollouts the scoring actor and a tokenise worker held about 35% more than at 100k with no more live data).
-    Called at the start of each block, when the previous block's memory is free."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        import ctypes
-
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
-
-
 def tokenize_block(t: pa.Table, cfg: dict[str, Any]) -> pa.Table:
     """Add `input_ids` (list<int32>, empty for bad rows), `num_tokens`, `truncated` and, for outcome/process RMs,
     `marks` (the token positions whose probabilities are read)."""
     from rayrm.infer import encode_rollouts
-
-    trim_heap()
 
     tok, meta, layout = _tokenizer_for(cfg["model"])
     pf, cf, mf, _, _ = _fields(cfg)
@@ -354,7 +330,6 @@ class ScoreActor:
                                    max_batch_rows=max_batch_rows, torch_threads=torch_threads)
 
     def __call__(self, t: pa.Table) -> pa.Table:
-        trim_heap()
         ok = pc.is_null(t["error"]).to_numpy(zero_copy_only=False)
         ids_col = t["input_ids"].combine_chunks()
         offsets = ids_col.offsets.to_numpy()

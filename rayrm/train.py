@@ -484,7 +484,7 @@ def train_loop(c: dict[str, Any]) -> None:
             t_bwd = time.perf_counter()
             engine.step()
             n_real = int(weight.sum())
-            losses.append(loss.item())  # syncs the device, so the optimizer phase holds its kernels
+            losses.append(loss.item())  # on a GPU this waits for the queued kernels: the split there is host time
             t_end = time.perf_counter()
             for k, (a, z) in zip(phase, ((t_last, t_data), (t_data, t_fwd), (t_fwd, t_bwd), (t_bwd, t_end))):
                 phase[k] += z - a

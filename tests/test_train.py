@@ -60,6 +60,9 @@ def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
     assert meta["reward_readout"] == "last_non_pad_token" and meta["task"] == "reward"
     # the fitted temperature calibrates no worse than T = 1 on the pairs it was fitted on
     assert meta["temperature"] > 0 and metrics["eval_ece_calibrated"] >= 0
+    # pairs/s is over the loop's own time, split into data, forward, backward and optimizer shares that add up
+    shares = [metrics[f"train_share_{k}"] for k in ("data", "forward", "backward", "optimizer")]
+    assert metrics["train_pairs_per_s"] > 0 and all(x > 0 for x in shares) and abs(sum(shares) - 1) < 1e-6
     report = json.load(open(os.path.join(export, "report", "eval_report.json")))  # end-of-training eval report
     assert report["num_pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["eval_accuracy"]) < 1e-6
     assert all(os.path.exists(os.path.join(export, "report", f)) for f in report["files"].values())
