@@ -95,6 +95,8 @@ def run_rayrm(model_name: str, tok_name: str | None, args: argparse.Namespace, w
     ]
     if tok_name:
         overrides.append(f"tokenizer={tok_name}")
+    if args.length_group_batches:
+        overrides.append(f"train.length_group_batches={args.length_group_batches}")
     m = run_training(load_config(None, overrides, TrainConfig))
     return {"pairs": m["train_pairs"], "pairs_per_s": m["train_pairs_per_s"], "eval_accuracy": m["eval_accuracy"],
             "export": os.path.join(out, "final")}
@@ -111,6 +113,8 @@ def main() -> None:
     p.add_argument("--keep-over-length", action="store_true",
                    help="also feed pairs longer than max_length (rayrm truncates them, TRL drops them); by default both "
                         "sides get only the pairs that fit, so they train on the same rows")
+    p.add_argument("--length-group-batches", type=int, default=0,
+                   help="rayrm's train.length_group_batches (micro-batches per length-sorting buffer; 0: the default)")
     p.add_argument("--scaling", action="store_true", help="also measure 2 workers x 1 thread vs 1 worker x 1 thread")
     p.add_argument("--scaling-only", action="store_true", help="only the scaling runs (no TRL, no 1-worker run)")
     args = p.parse_args()
