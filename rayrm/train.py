@@ -462,8 +462,8 @@ def train_loop(c: dict[str, Any]) -> None:
     # 2. epochs of micro-batches; DeepSpeed steps the optimizer every gradient_accumulation_steps micro-batches
     sink = MetricSink(c, rank)
     losses, sizes, pairs_seen = [], [], 0
-    phase = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)  # seconds of this worker's loop
-    train_secs = 0.0  # loop time, evaluations and checkpoints excluded
+    # seconds of this worker's loop by phase; their sum is the loop time (evaluations and checkpoints excluded)
+    phase = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
     eval_metrics: dict[str, float] = {}
     while state["epoch"] < tr["epochs"]:
         buffers = shard.iter_batches(
@@ -488,7 +488,6 @@ def train_loop(c: dict[str, Any]) -> None:
             t_end = time.perf_counter()
             for k, (a, z) in zip(phase, ((t_last, t_data), (t_data, t_fwd), (t_fwd, t_bwd), (t_bwd, t_end))):
                 phase[k] += z - a
-            train_secs += t_end - t_last
             t_last = t_end
             sizes.append(n_real)
             pairs_seen += n_real
@@ -501,8 +500,9 @@ def train_loop(c: dict[str, Any]) -> None:
             # 3. progress, evaluation, checkpoint, fault injection
             if step % tr["log_every"] == 0:
                 recent = size_weighted_mean(losses[-tr['log_every']:], sizes[-tr['log_every']:])
-                rate = pairs_seen * world / max(1e-9, train_secs)
-                split = " ".join(f"{k} {v / max(1e-9, train_secs):.0%}" for k, v in phase.items())
+                secs = max(1e-9, sum(phase.values()))
+                rate = pairs_seen * world / secs
+                split = " ".join(f"{k} {v / secs:.0%}" for k, v in phase.items())
                 log(f"step {step}/{total_steps} loss {recent:.4f} lr {engine.get_lr()[0]:.2e} {rate:.1f} pairs/s ({split})")
                 sink.write({"train_loss": recent, "train_lr": engine.get_lr()[0], "train_pairs_per_s": rate}, step)
             do_eval = tr["eval_every"] and step % tr["eval_every"] == 0 and step < total_steps
@@ -529,11 +529,12 @@ def train_loop(c: dict[str, Any]) -> None:
     eval_metrics, values = _evaluate(c, engine, eval_batches, device, final=True)
     report_data = eval_metrics.pop("_report", None)
 
+    secs = max(1e-9, sum(phase.values()))
     metrics = {
         "step": state["step"],
         "train_loss": _global_mean(losses, sizes, device),
-        "train_pairs_per_s": pairs_seen * world / max(1e-9, train_secs),
-        **{f"train_share_{k}": v / max(1e-9, train_secs) for k, v in phase.items()},
+        "train_pairs_per_s": pairs_seen * world / secs,
+        **{f"train_share_{k}": v / secs for k, v in phase.items()},
         "restarts": state["restarts"],
         **eval_metrics,
     }
