@@ -104,7 +104,9 @@ class TrainLoopConfig:
     group_by_length: bool = True  # sort pairs by length inside a buffer so micro-batches carry little padding
     forward_chunks: int = 4  # a micro-batch runs as up to this many forwards of similar-length rows (less padding,
     # same rewards); 1: one forward. ZeRO-3 always uses 1: its parameter gathers must match across ranks
-    length_group_batches: int = 32  # micro-batches per sorting buffer (larger: less padding, coarser shuffle)
+    # micro-batches per length-sorting buffer. Larger: less padding but long pairs bunch into the same steps; 32
+    # read 0.578 held-out accuracy vs 4 at 0.599 in bench/train_bench.py --pairs 800, at the same speed (2.40 vs 2.48)
+    length_group_batches: int = 4
     seed: int = 42
     max_failures: int = 2  # worker-group restarts Ray Train allows before the run fails
     log_every: int = 10  # optimizer steps between progress lines
@@ -177,6 +179,10 @@ class ScoreConfig:
     # CPUs per read task. A value other than tokenize_cpus keeps reading and tokenising apart (Ray Data fuses map
     # stages with equal resources), so the blocks of one big row group or JSONL file tokenise in parallel tasks.
     read_cpus: float = 0.1
+    # Heap growth over long jobs: read/tokenise task workers exit after this many blocks (a fresh process replaces
+    # them), and every worker of the job caps glibc at this many malloc arenas. None: Ray's and glibc's defaults.
+    task_max_calls: int | None = 16
+    malloc_arena_max: int | None = 2
     token_budget: int = 16384  # max padded tokens (rows x longest) per forward
     max_batch_rows: int = 256  # max rows per forward
     block_rows: int = 2048  # rows per Ray Data block; length-sorting happens inside each block
@@ -195,6 +201,8 @@ class ScoreConfig:
         _check(self.best_of_n_rows_per_pass >= 1, "best_of_n_rows_per_pass must be >= 1")
         _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0 and self.read_cpus > 0,
                "cpus_per_actor, tokenize_cpus and read_cpus must be > 0")
+        _check((self.task_max_calls or 1) >= 1 and (self.malloc_arena_max or 1) >= 1,
+               "task_max_calls and malloc_arena_max must be >= 1 (or null)")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1 and self.block_rows >= 1,
                "token_budget must be >= 16, max_batch_rows and block_rows >= 1")
 
@@ -332,6 +340,8 @@ class MonitorConfig:
         _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
         _check(self.min_pairs >= 1 and self.n_bins >= 2 and self.n_length_buckets >= 1,
                "min_pairs and n_length_buckets must be >= 1, n_bins >= 2")
+        _check((self.task_max_calls or 1) >= 1 and (self.malloc_arena_max or 1) >= 1,
+               "task_max_calls and malloc_arena_max must be >= 1 (or null)")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1, "token_budget must be >= 16, max_batch_rows >= 1")
         self.thresholds.validate()
 

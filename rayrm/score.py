@@ -502,10 +502,14 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     done_ref = ray.put(np.sort(done)) if len(done) else None
 
     # 2. the streaming pipeline
+    # Bounded memory over millions of rows: task workers are recycled every task_max_calls blocks, and the stages'
+    # workers run with fewer glibc arenas (per-thread arenas fragment as block shapes vary).
+    env = {"env_vars": {"MALLOC_ARENA_MAX": str(cfg.malloc_arena_max)}} if cfg.malloc_arena_max else None
+    task_args = {"max_calls": cfg.task_max_calls, "runtime_env": env}
     units_ds = ray.data.from_items([{"path": u.path, "row_group": u.row_group, "offset": u.offset} for u in units],
                                    override_num_blocks=len(units))
     ds = units_ds.map_batches(read_unit, batch_size=1, fn_kwargs={"cfg": c, "need_pid": need_pid, "base": base,
-                              "done_ref": done_ref}, num_cpus=cfg.read_cpus)
+                              "done_ref": done_ref}, num_cpus=cfg.read_cpus, **task_args)
     if cfg.max_rows:
         ds = ds.limit(cfg.max_rows)
     # batch_size=None: one tokenise task per block a read task outputs (a file or row group). A row-count batch_size
@@ -513,14 +517,14 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     # into one task: the whole input read and tokenised by a single task in turn (seen on a 16-core GPU node: one
     # tokenise task running, 15 cores idle). read_cpus != tokenize_cpus keeps the stages unfused as well.
     ds = ds.map_batches(tokenize_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"cfg": c},
-                        num_cpus=cfg.tokenize_cpus)
+                        num_cpus=cfg.tokenize_cpus, **task_args)
     threads = cfg.torch_threads or max(1, int(np.ceil(cfg.cpus_per_actor)))
     ds = ds.map_batches(
         ScoreActor, batch_format="pyarrow", batch_size=cfg.block_rows,
         fn_constructor_kwargs={"model_dir": c["model"], "dtype": cfg.dtype, "token_budget": cfg.token_budget,
                                "max_batch_rows": cfg.max_batch_rows, "torch_threads": threads},
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, runtime_env=env,
     )
     ds = ds.map_batches(write_shard, batch_format="pyarrow", batch_size=cfg.block_rows,  # one shard per block_rows
                         fn_kwargs={"output": cfg.output, "id_field": cfg.id_field,

@@ -97,7 +97,9 @@ def test_parquet_scores_equal_single_row_scoring_and_best_of_n(ray_cluster, tiny
     (tmp_path / "in").mkdir()
     pq.write_table(pa.Table.from_pandas(df.iloc[:50]), tmp_path / "in/part0.parquet", row_group_size=20)
     pq.write_table(pa.Table.from_pandas(df.iloc[50:]), tmp_path / "in/part1.parquet", row_group_size=7)
-    summary = run_scoring(_cfg(tiny_export, str(tmp_path / "in/*.parquet"), str(tmp_path / "out"), "top_k=2"))
+    # task_max_calls=2: read/tokenise workers are replaced every second block while the stream runs
+    summary = run_scoring(_cfg(tiny_export, str(tmp_path / "in/*.parquet"), str(tmp_path / "out"), "top_k=2",
+                               "task_max_calls=2"))
     assert summary["input_rows"] == summary["rows_scored_this_run"] == len(df) and summary["bad_rows"] == 0
     out = pd.read_parquet(tmp_path / "out/rewards").sort_values("id")
     assert len(out) == len(df) and out["id"].is_unique
