@@ -248,7 +248,8 @@ def scale(args: argparse.Namespace) -> None:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
         cfg = load_config(os.path.join(ROOT, "configs/score/default.yaml"),
                           [f"model={model_dir}", f"input={inp}", f"output={os.path.join(work, f'out-{n}')}",
-                           "block_rows=4096", "token_budget=32768", "cpus_per_actor=1", "tokenize_cpus=0.5"], ScoreConfig)
+                           "block_rows=4096", "token_budget=32768", "cpus_per_actor=1", "tokenize_cpus=0.5", *args.set],
+                          ScoreConfig)
         t = time.time()
         with PeakRSS() as mem:
             summary = run_scoring(cfg)
@@ -283,6 +284,8 @@ def main() -> None:
     p.add_argument("--token-budget", type=int, default=16384)
     p.add_argument("--scale", action="store_true", help="run the scale mode instead")
     p.add_argument("--scale-rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="scale mode: extra scoring-config overrides, e.g. --set task_max_calls=null")
     args = p.parse_args()
     scale(args) if args.scale else throughput(args)
 

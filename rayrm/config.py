@@ -201,7 +201,7 @@ class ScoreConfig:
         _check(self.best_of_n_rows_per_pass >= 1, "best_of_n_rows_per_pass must be >= 1")
         _check(self.cpus_per_actor > 0 and self.tokenize_cpus > 0 and self.read_cpus > 0,
                "cpus_per_actor, tokenize_cpus and read_cpus must be > 0")
-        _check((self.task_max_calls or 1) >= 1 and (self.malloc_arena_max or 1) >= 1,
+        _check(all(v is None or v >= 1 for v in (self.task_max_calls, self.malloc_arena_max)),
                "task_max_calls and malloc_arena_max must be >= 1 (or null)")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1 and self.block_rows >= 1,
                "token_budget must be >= 16, max_batch_rows and block_rows >= 1")
@@ -340,8 +340,6 @@ class MonitorConfig:
         _check(self.dtype in ("fp32", "bf16"), "dtype must be 'fp32' or 'bf16'")
         _check(self.min_pairs >= 1 and self.n_bins >= 2 and self.n_length_buckets >= 1,
                "min_pairs and n_length_buckets must be >= 1, n_bins >= 2")
-        _check((self.task_max_calls or 1) >= 1 and (self.malloc_arena_max or 1) >= 1,
-               "task_max_calls and malloc_arena_max must be >= 1 (or null)")
         _check(self.token_budget >= 16 and self.max_batch_rows >= 1, "token_budget must be >= 16, max_batch_rows >= 1")
         self.thresholds.validate()
 

@@ -75,6 +75,11 @@ def test_score_config_requires_model_input_output():
         load_config(ROOT / "configs/score/default.yaml", [], ScoreConfig)
     with pytest.raises(ConfigError, match="on_bad_row"):
         load_config(ROOT / "configs/score/default.yaml", REQUIRED["score"] + ["on_bad_row=drop"], ScoreConfig)
+    for bad in ("task_max_calls=0", "malloc_arena_max=0"):
+        with pytest.raises(ConfigError, match="task_max_calls and malloc_arena_max"):
+            load_config(ROOT / "configs/score/default.yaml", REQUIRED["score"] + [bad], ScoreConfig)
+    cfg = load_config(ROOT / "configs/score/default.yaml", REQUIRED["score"] + ["task_max_calls=null"], ScoreConfig)
+    assert cfg.task_max_calls is None and cfg.malloc_arena_max == 2
 
 
 def test_monitor_thresholds_are_typed_and_checked():
