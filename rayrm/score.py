@@ -503,7 +503,8 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
 
     # 2. the streaming pipeline
     # Bounded memory over millions of rows: task workers are recycled every task_max_calls blocks, and the stages'
-    # workers run with fewer glibc arenas (per-thread arenas fragment as block shapes vary).
+    # workers run with fewer glibc arenas (1M rollouts: peak RSS x1.11 of 100k with both, x1.18 with recycling only,
+    # x1.25 with neither; README, offline scoring).
     env = {"env_vars": {"MALLOC_ARENA_MAX": str(cfg.malloc_arena_max)}} if cfg.malloc_arena_max else None
     task_args = {"max_calls": cfg.task_max_calls, "runtime_env": env}
     units_ds = ray.data.from_items([{"path": u.path, "row_group": u.row_group, "offset": u.offset} for u in units],
