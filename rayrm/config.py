@@ -105,7 +105,8 @@ class TrainLoopConfig:
     forward_chunks: int = 4  # a micro-batch runs as up to this many forwards of similar-length rows (less padding,
     # same rewards); 1: one forward. ZeRO-3 always uses 1: its parameter gathers must match across ranks
     # micro-batches per length-sorting buffer. Larger: less padding but long pairs bunch into the same steps; 32
-    # read 0.578 held-out accuracy vs 4 at 0.599 in bench/train_bench.py --pairs 800, at the same speed (2.40 vs 2.48)
+    # read 0.578 held-out accuracy vs 4 at 0.599 in bench/train_bench.py --pairs 800, at the same speed (2.40 vs 2.48);
+    # configs/train/minilm_hh.yaml read the reverse (0.615 vs 0.591). One run each: within noise
     length_group_batches: int = 4
     seed: int = 42
     max_failures: int = 2  # worker-group restarts Ray Train allows before the run fails
