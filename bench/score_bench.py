@@ -199,7 +199,8 @@ class PeakRSS:
                     if p.pid == os.getpid() or "ray" in (p.info["name"] or "") or "ray" in cmd:
                         mem = p.memory_full_info() if with_pss else p.memory_info()
                         total += mem.rss
-                        pss += getattr(mem, "pss", mem.rss)
+                        if with_pss:
+                            pss += getattr(mem, "pss", mem.rss)
                         procs.append(((p.info["name"] or "?")[:24], mem.rss))
                 except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
                     pass
