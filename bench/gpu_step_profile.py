@@ -1,7 +1,8 @@
 """Where a GPU training step's time goes: rayrm's DeepSpeed engine (the same `_setup_engine` the Ray Train loop
 uses) timed phase by phase, on one GPU, outside Ray (one nccl rank), for several ZeRO stages and micro-batch sizes.
 
-    python bench/gpu_step_profile.py --tokenizer DIR [--data FILE] [--model DIR] [--steps 12]
+    python bench/gpu_step_profile.py --tokenizer DIR [--data FILE] [--model DIR] [--steps 12] [--configs 2:8,0:8,2:16]
+    python bench/gpu_step_profile.py --tokenizer DIR --configs 0:8       # the published profile (docs/benchmarks.md)
 
 Per configuration: ms per step for collate+copy, forward, backward and optimizer step (CUDA-synchronised), real
 tokens/s, and MFU = 6 x non-embedding params x real tokens/s over the measured bf16 matmul peak.

@@ -1,13 +1,14 @@
 """GPU path: a Qwen3-0.6B-shaped reward model trained by rayrm (Ray Train + DeepSpeed, nccl, bf16) on one GPU.
 
     python bench/gpu_train_bench.py --tokenizer DIR [--data FILE] [--max-length 1024] [--micro-batch 8] [--zero 2]
+    python bench/gpu_train_bench.py --tokenizer DIR --micro-batch 16     # the published run (docs/benchmarks.md)
 
-The model is built from `configs/models/qwen3-0.6b-shape` (Qwen3-0.6B's layer shapes, random init: no hub here);
-the data are the HH pairs. One run of `jobs/train.py`'s `run_training` with `scaling.use_gpu=true`, then offline
-scoring of the held-out rows with the export (`RewardScorer`, bf16). Printed: training pairs/s and real (non-pad)
-tokens/s, model FLOP/s = 6 x non-embedding params x tokens/s (attention score FLOPs not counted) as a fraction of
+The model is built from `configs/models/qwen3-0.6b-shape` (Qwen3-0.6B's layer shapes, random init, so no model hub
+is needed); the data are the HH pairs. One run of `rayrm train`'s `run_training` with `scaling.use_gpu=true`, then
+offline scoring of the held-out rows with the export (`RewardScorer`, bf16). Printed: training pairs/s and real
+(non-pad) tokens/s, model FLOP/s = 6 x non-embedding params x tokens/s (attention score FLOPs not counted) as a fraction of
 the bf16 matmul peak measured in the same process (8192^3 products), and scoring tokens/s (2 x params x tokens).
-Accuracy of a random-init model after one short epoch is not the point here (see configs/train/minilm_hh.yaml).
+Accuracy of a random-init model after one short epoch is not a quality figure (see configs/train/minilm_hh.yaml).
 """
 
 from __future__ import annotations

@@ -1,19 +1,24 @@
 """Offline scoring benchmark: rayrm's Ray Data pipeline vs a plain scoring loop, in the same process run.
 
     python bench/score_bench.py                              # 20k HH rollouts, MiniLM RM (fresh head), fp32
+    python bench/score_bench.py --rows 3000 --baseline-rows 1500          # the published CPU run (docs/benchmarks.md)
     python bench/score_bench.py --model /tmp/rayrm-minilm-hh/final --rows 20000 --dtype bf16
+    python bench/score_bench.py --backbone <MiniLM config + tokenizer dir> --rows 200000 --baseline-rows 20000 \
+        --dtype bf16 --gpus-per-actor 1 --num-cpus 16 --torch-threads 4 --cpus-per-actor 2 --token-budget 65536
     python bench/score_bench.py --scale                      # 100k and 1M rollouts with a tiny model: wall + peak RSS
+    python bench/score_bench.py --scale --set malloc_arena_max=null       # scale mode with scoring-config overrides
 
 Throughput mode builds rollouts from ../shared/data HH pairs (each pair gives two rollouts sharing a prompt_id),
 shuffled, and scores them twice with the same model:
-- baseline: the seed's plain loop: batches of 16 in input order, tokenised per batch, padded to the longest, fp32,
+- baseline: a plain loop: batches of 16 in input order, tokenised per batch, padded to the longest, fp32,
   `model(**batch).logits[:, 0]` under `no_grad`;
 - rayrm: `jobs/score.py`'s pipeline (`rayrm.score.run_scoring`) on a local Ray cluster, written to Parquet.
 It prints real (unpadded) tokens/s for both and the ratio, how well the rewards agree, and model FLOP/s
 (2 x non-embedding parameters x tokens) as a share of the fp32 and bf16 matmul peak measured in this run.
 
 Scale mode scores --scale-rows rollouts (default 100k, then 1M) with a tiny 2-layer model at max_length 64 and
-reports wall time, rows/s and the peak RSS summed over the driver and every Ray process.
+reports wall time, rows/s, and the peak RSS (sampled every 0.5 s) and PSS (every 5 s) summed over the driver and every
+Ray process, with the time of the RSS peak; the targets are 1M/100k wall <= 11x and peak RSS <= 1.2x.
 """
 
 from __future__ import annotations

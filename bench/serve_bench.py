@@ -2,11 +2,13 @@
 
     python bench/serve_bench.py                                   # MiniLM RM (fresh head), 192 HH rollouts, 3 rounds
     python bench/serve_bench.py --model /tmp/rayrm-minilm-hh/final --rows 512 --max-length 512
+    python bench/serve_bench.py --backbone <MiniLM config + tokenizer dir> --dtype bf16 --gpus-per-replica 0.45 \
+        --rows 1024 --rows-at-1 128 --rounds 2 --threads 4          # the published GPU run (docs/benchmarks.md)
 
 One run, one machine, 127.0.0.1 only:
 1. offline: `rayrm.infer.RewardScorer.score` over all rows in this process, with the server's token budget and
    thread count: the compute limit a server can approach; and the same scorer fed one row per forward, which bounds
-   what batching can gain on this machine (on CPU a 22M model is compute-bound, so that gain is small);
+   what batching can gain on the machine it runs on (on CPU a 22M model is compute-bound, so that gain is small);
 2. a local Ray cluster with Serve on --port and two apps of the same export and settings: `batched` (the
    `@serve.batch` path) and `one-at-a-time` (`batching: false`: each request alone, as OpenRLHF's serve_rm does);
 3. for each concurrency C in (1, 8, 64) and each app: C asyncio clients (aiohttp) POST /v1/rewards with one rollout
@@ -56,7 +58,7 @@ def hh_rollouts(n: int) -> tuple[list[str], list[str]]:
 
 def offline_rows_per_s(scorer: Any, prompts: list[str], comps: list[str], one_row: bool = False) -> float:
     """Rows/s of `RewardScorer` in this process: token-budget batches, or one row per forward (`one_row`: the
-    CPU's own batching headroom, the ceiling of batched / one-at-a-time on this machine)."""
+    device's own batching headroom, the ceiling of batched / one-at-a-time on the machine it runs on)."""
     t = time.perf_counter()
     if one_row:
         for p, c in zip(prompts, comps):

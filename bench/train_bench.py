@@ -1,13 +1,20 @@
 """Training throughput: rayrm (Ray Train + DeepSpeed) vs TRL's RewardTrainer, same model, data and hyper-parameters.
 
-    python bench/train_bench.py                                  # MiniLM, all HH pairs, max_length 512 (long: ~1 h here)
+    python bench/train_bench.py                                  # MiniLM, all HH pairs, max_length 512 (over an hour)
+    python bench/train_bench.py --pairs 800                     # the published comparison (docs/benchmarks.md)
     python bench/train_bench.py --model tiny-qwen3 --pairs 1200 --max-length 256
     python bench/train_bench.py --pairs 800 --scaling           # also 2 workers x 1 thread vs 1 worker x 1 thread
+    python bench/train_bench.py --pairs 200 --scaling-only      # only the data-parallel scaling runs
 
 Both sides train one epoch on the same rows (the first --pairs of the job's seeded 90% train split of the shared HH
-pairs, written to one JSONL that both read; all 384 held-out pairs evaluate both) with the same batch size (pairs per step), AdamW, learning rate, linear warmup/decay and max_length, on one worker. Reported:
-pairs/s of each (training loop time only, setup excluded), the ratio, and held-out accuracy of each, measured by one
-function (plain `transformers` forward of rayrm's tokenisation) for both models.
+pairs, written to one JSONL that both read; all 384 held-out pairs evaluate both) with the same batch size (pairs
+per step), AdamW, learning rate, linear warmup/decay and max_length, on one worker. Reported: pairs/s of each, the
+ratio, and held-out accuracy of each, measured by one function (plain `transformers` forward of rayrm's
+tokenisation) for both models. Target: rayrm >= 2x TRL's pairs/s with accuracy within 1 point.
+
+Not yet a like-for-like timing: TRL's pairs/s is over its whole `train()` call, rayrm's over the sum of its loop
+phases (data, forward, backward, optimizer); and TRL runs with its `RewardConfig` default
+`gradient_checkpointing=True`, which rayrm does not use. One seed per side.
 
 TRL filters out pairs longer than max_length (its documented behaviour); rayrm truncates them and keeps them. So
 that both sides train on the same rows, the bench by default feeds only the pairs whose chosen and rejected both fit

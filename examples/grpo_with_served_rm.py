@@ -3,6 +3,9 @@
     python examples/grpo_with_served_rm.py --model /tmp/rayrm-default/final         # deploys the RM, trains 2 steps
     python examples/grpo_with_served_rm.py --url http://127.0.0.1:8000 --steps 20    # use an RM already served
 
+`--model` takes an export of `rayrm train` (`bash scripts/demo.sh` writes /tmp/rayrm-default/final); `--url` a
+server started with `rayrm serve --config configs/serve/default.yaml model=...`.
+
 The policy is a tiny 2-layer Qwen3ForCausalLM built from a Qwen3Config (random init) with MiniLM's WordPiece
 vocabulary, so it runs offline in seconds; prompts are the last 200 characters of HH prompts (../shared/data).
 Each step TRL generates `--num-generations` completions per prompt and calls the `RewardClient` with

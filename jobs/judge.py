@@ -2,27 +2,20 @@
 
     python jobs/judge.py --config configs/judge/default.yaml model=Qwen/Qwen3-0.6B input=/data/pairs.jsonl output=/tmp/judged
 
-Writes Parquet to <output>: every input column + `p_a_better` (P(response A better), order-debiased) + `verdict`.
+The same as `rayrm judge ...` (rayrm/cli.py), for `ray job submit` from a checkout: `rayrm judge --help` lists the keys.
 """
 
-import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
 
-from rayrm.config import JudgeConfig, load_config  # noqa: E402
-from rayrm.judge import run_judging  # noqa: E402
+from rayrm.cli import main as cli_main  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML file under configs/judge/")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value (model=, input=, output= at least)")
-    args = p.parse_args()
-    print(json.dumps(run_judging(load_config(args.config, args.overrides, JudgeConfig)), indent=2))
+def main() -> int:
+    return cli_main(["judge", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

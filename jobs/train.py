@@ -1,31 +1,22 @@
-"""Train a reward model with Ray Train + DeepSpeed.
+"""Train a reward model with Ray Train + DeepSpeed; the export lands in <output_dir>/final.
 
     python jobs/train.py --config configs/train/default.yaml [dotted.key=value ...]
     ray job submit --working-dir . -- python jobs/train.py --config configs/train/minilm_hh.yaml output_dir=/tmp/rm
 
-The export (HF dir + rayrm.json) lands in <output_dir>/final.
+The same as `rayrm train ...` (rayrm/cli.py), for `ray job submit` from a checkout: `rayrm train --help` lists the keys.
 """
 
-import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
 
-from rayrm.config import TrainConfig, load_config  # noqa: E402
-from rayrm.train import run_training  # noqa: E402
+from rayrm.cli import main as cli_main  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML file under configs/train/")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value")
-    args = p.parse_args()
-    cfg = load_config(args.config, args.overrides, TrainConfig)
-    metrics = run_training(cfg)
-    print(json.dumps({"final_metrics": metrics, "export": os.path.join(os.path.abspath(cfg.output_dir), "final")}, indent=2))
+def main() -> int:
+    return cli_main(["train", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

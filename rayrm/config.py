@@ -8,6 +8,13 @@ rejecting unknown keys and wrong types with the key's dotted name.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import io
+import json
+import os
+import re
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,11 +23,17 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rayrm.errors import InputNotFoundError, UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message names the key."""
+class ConfigError(UserError, ValueError):
+    """A config file or override that does not fit the schema; the message names the key (`key`, when known)."""
+
+    def __init__(self, msg: str, key: str | None = None):
+        super().__init__(msg)
+        self.key = key
 
 
 # ---------------------------------------------------------------- training job schema
@@ -73,10 +86,10 @@ class ScalingConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-5
-    weight_decay: float = 0.0
+    lr: float = 2e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.03  # linear warmup share of all steps, then linear decay to 0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
 
     def validate(self) -> None:
         import math
@@ -90,7 +103,7 @@ class OptimConfig:
 class TrainLoopConfig:
     epochs: int = 1  # one epoch is the RM default (more over-fits preference data)
     micro_batch_size: int = 8  # pairs per worker per forward (2x sequences: chosen and rejected together)
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     loss: str = "bradley_terry"  # key of rayrm.losses.LOSSES: bradley_terry, margin, plackett_luce, grouped_pairs
     aggregate: str | None = None  # ORM/PRM read-out over tokens/steps: mean, min, product, last; None -> orm mean, prm min
     tensorboard: bool = True  # rank 0 writes scalars to <output_dir>/tensorboard/<name> (tensorboard --logdir ...)
@@ -102,17 +115,15 @@ class TrainLoopConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 -> only the final one
     eval_batch_size: int = 16  # pairs per eval forward
     group_by_length: bool = True  # sort pairs by length inside a buffer so micro-batches carry little padding
-    forward_chunks: int = 4  # a micro-batch runs as up to this many forwards of similar-length rows (less padding,
-    # same rewards); 1: one forward. ZeRO-3 always uses 1: its parameter gathers must match across ranks
-    # micro-batches per length-sorting buffer. Larger: less padding but long pairs bunch into the same steps; 32
-    # read 0.578 held-out accuracy vs 4 at 0.599 in bench/train_bench.py --pairs 800, at the same speed (2.40 vs 2.48);
-    # configs/train/minilm_hh.yaml read the reverse (0.615 vs 0.591). One run each: within noise
+    # a micro-batch runs as up to this many forwards of similar-length rows (less padding, same rewards); 1: one
+    # forward. ZeRO-3 always uses 1: its parameter gathers must match across ranks
+    forward_chunks: int = 4
+    # micro-batches per length-sorting buffer: larger pads less, but bunches the long pairs into the same steps
     length_group_batches: int = 4
-    seed: int = 42
+    seed: int = 42  # seeds the new head (or a model built from a config) and the batch order
     max_failures: int = 2  # worker-group restarts Ray Train allows before the run fails
     log_every: int = 10  # optimizer steps between progress lines
-    # Fault injection for tests: rank 1 exits hard once at this step (after its checkpoint), first attempt only.
-    fail_at_step: int | None = None
+    fail_at_step: int | None = None  # test hook: the last rank exits hard once after this step's checkpoint
 
     def validate(self) -> None:
         from rayrm.losses import LOSSES
@@ -132,7 +143,7 @@ class TrainLoopConfig:
 
 @dataclass
 class TrainConfig:
-    """`python jobs/train.py --config FILE [dotted.key=value ...]`."""
+    """`rayrm train --config FILE [dotted.key=value ...]`."""
 
     name: str = "rayrm-train"  # Ray Train run name (storage_path/name holds checkpoints)
     task: str = "reward"  # "reward": scalar RM on pairs/rankings; "orm": outcome RM (per-token BCE); "prm": process RM
@@ -158,9 +169,9 @@ class TrainConfig:
 # ---------------------------------------------------------------- offline scoring job schema
 @dataclass
 class ScoreConfig:
-    """`python jobs/score.py --config FILE model=... input=... output=...`."""
+    """`rayrm score --config FILE model=... input=... output=...`."""
 
-    model: str = ""  # an export dir written by jobs/train.py (<output_dir>/final)
+    model: str = ""  # an export dir written by `rayrm train` (<output_dir>/final)
     input: str = ""  # Parquet or JSONL: a file, a directory or a glob; any filesystem pyarrow reads (s3://, gs://)
     output: str = ""  # directory: rewards/ shards, best_of_n/, _SUCCESS.json
     prompt_field: str = "prompt"  # text (or message list) of the prompt
@@ -177,20 +188,15 @@ class ScoreConfig:
     gpus_per_actor: float = 0.0  # GPUs per scoring actor (0 on CPU)
     torch_threads: int | None = None  # intra-op threads per actor; None -> cpus_per_actor rounded up
     tokenize_cpus: float = 0.5  # CPUs per tokenisation task (fractional so they share cores with the actors)
-    # CPUs per read task. A value other than tokenize_cpus keeps reading and tokenising apart (Ray Data fuses map
-    # stages with equal resources), so the blocks of one big row group or JSONL file tokenise in parallel tasks.
-    read_cpus: float = 0.1
-    # Heap growth over long jobs: read/tokenise task workers exit after this many blocks (a fresh process replaces
-    # them), and every worker of the job caps glibc at this many malloc arenas. None: Ray's and glibc's defaults.
-    task_max_calls: int | None = 16
-    malloc_arena_max: int | None = 2
+    read_cpus: float = 0.1  # CPUs per read task; differs from tokenize_cpus so Ray Data keeps the stages apart
+    task_max_calls: int | None = 16  # read/tokenise workers are replaced after this many blocks (bounded heaps)
+    malloc_arena_max: int | None = 2  # MALLOC_ARENA_MAX for the stage workers (less heap growth); null: glibc's
     token_budget: int = 16384  # max padded tokens (rows x longest) per forward
     max_batch_rows: int = 256  # max rows per forward
     block_rows: int = 2048  # rows per Ray Data block; length-sorting happens inside each block
     on_bad_row: str = "error"  # "error": stop naming file/row/field; "mark": keep the row, fill `error`, no reward
     max_rows: int | None = None  # score only the first N input rows (quick runs); None -> all
-    # Test hook: a writer SIGKILLs the driver (same machine) once this many shards exist, as a killed job would be.
-    fail_after_shards: int | None = None
+    fail_after_shards: int | None = None  # test hook: a writer SIGKILLs the driver once this many shards exist
 
     def validate(self) -> None:
         for name in ("model", "input", "output"):
@@ -211,9 +217,9 @@ class ScoreConfig:
 # ---------------------------------------------------------------- reward serving schema
 @dataclass
 class ServeConfig:
-    """`python jobs/serve.py --config FILE model=...`, and the `args:` of `import_path: rayrm.serve:build_app`."""
+    """`rayrm serve --config FILE model=...`, and the `args:` of `import_path: rayrm.serve:build_app`."""
 
-    model: str = ""  # an export dir written by jobs/train.py (<output_dir>/final), readable from every replica's node
+    model: str = ""  # an export dir written by `rayrm train` (<output_dir>/final), readable from every replica's node
     name: str = "reward"  # Serve application name
     route_prefix: str = "/"  # HTTP path the app's routes hang under
     host: str = "127.0.0.1"  # jobs/serve.py binds here (a Serve config file sets http_options.host); 0.0.0.0 exposes it
@@ -268,7 +274,7 @@ class ServeConfig:
 # ---------------------------------------------------------------- generative judge job schema
 @dataclass
 class JudgeConfig:
-    """`python jobs/judge.py --config FILE model=... input=... output=...`."""
+    """`rayrm judge --config FILE model=... input=... output=...`."""
 
     model: str = ""  # a causal LM: hub id, local dir, or a config dir (random init, tests)
     tokenizer: str | None = None  # None -> the model's own
@@ -279,12 +285,12 @@ class JudgeConfig:
     template: str | None = None  # judging prompt with {prompt}, {a}, {b}, ending where the verdict token comes
     verdicts: list[str] = field(default_factory=lambda: [" A", " B"])  # one token each
     max_length: int = 1024  # judging prompt tokens; longer ones lose their start
-    dtype: str = "fp32"
+    dtype: str = "fp32"  # "fp32" or "bf16" (AMX CPUs, GPUs)
     batch_size: int = 8  # judging prompts per forward
     block_rows: int = 256  # pairs per Ray Data batch
-    num_actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    num_actors: int = 1  # judge model replicas in the Ray Data actor pool
+    cpus_per_actor: float = 1.0  # CPUs reserved per judge actor
+    gpus_per_actor: float = 0.0  # GPUs per judge actor (0 on CPU)
 
     def validate(self) -> None:
         for name in ("model", "input", "output"):
@@ -316,9 +322,9 @@ class MonitorThresholds:
 
 @dataclass
 class MonitorConfig:
-    """`python jobs/monitor.py --config FILE model=... canary=... output=...`; exit 0 ok, 1 alert, 2 could not run."""
+    """`rayrm monitor --config FILE model=... canary=... output=...`; exit 0 ok, 1 alert, 2 could not run."""
 
-    model: str = ""  # an export dir written by jobs/train.py (<output_dir>/final, with rayrm.json)
+    model: str = ""  # an export dir written by `rayrm train` (<output_dir>/final, with rayrm.json)
     canary: str = ""  # fresh on-policy comparisons: JSONL/Parquet of prompt/chosen/rejected (any TRL preference format)
     output: str = ""  # report dir: report.json, summary.md, reliability.png, reward_hist.png, accuracy_by_length.png
     split: str = "train"  # split to read when `canary` is a `datasets` dataset
@@ -355,10 +361,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'}; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
+        if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw  # not YAML (an unbalanced bracket, a stray colon): take the text as it is
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -392,20 +401,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, a, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+                errors.append(e)
+        raise errors[0] if errors else ConfigError(f"{key}: bad value {value!r}", key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}", key)
         return _build(tp, value, key + ".")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
         (inner,) = typing.get_args(tp)
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}", key)
         return value
     if tp is Any:
         return value
@@ -415,16 +424,41 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key) from None
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}", key)
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
     if tp is str and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {value!r}", key)
     if tp is float and not isinstance(value, float):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {value!r}", key)
     return value
+
+
+def config_keys(cls: type) -> list[str]:
+    """Every dotted key of a config class, nested sections expanded: ['model', 'data.path', ...]."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{k}" for k in config_keys(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def suggest_key(key: str, keys: list[str]) -> str | None:
+    """The known key a misspelt `key` most likely meant: a close spelling, else the same leaf in another section."""
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if len(same_leaf) == 1:
+        return same_leaf[0]
+    close = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.75)
+    return next((k for k in keys if close and k.rsplit(".", 1)[-1] == close[0]), None)
 
 
 def _build(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
@@ -432,34 +466,111 @@ def _build(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")
+        key = prefix + unknown[0]
+        raise ConfigError(f"unknown config key '{key}'", key)
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()}
     return cls(**kwargs)
 
 
 def build_config(cls: type[T], raw: dict[str, Any]) -> T:
     """Dict -> validated dataclass of type `cls`."""
-    cfg = _build(cls, raw or {})
+    try:
+        cfg = _build(cls, raw or {})
+    except ConfigError as e:
+        if str(e).startswith("unknown config key") and e.key:
+            hint = suggest_key(e.key, config_keys(cls))
+            raise ConfigError(f"{e}" + (f" (did you mean '{hint}'?)" if hint else ""), e.key) from None
+        raise
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str], cls: type[T]) -> T:
-    """Read YAML at `path` (or nothing), apply dotted overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
+def _flat(d: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _flat(v, prefix + k + ".")
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file -> its top-level mapping; missing, unreadable or malformed files are user errors."""
+    if not os.path.isfile(path):
+        raise InputNotFoundError(f"config file {str(path)!r} not found (cwd {os.getcwd()})")
+    try:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-    raw = _merge(raw, parse_overrides(overrides))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str], cls: type[T]) -> T:
+    """Read YAML at `path` (or nothing), apply dotted overrides, validate. Errors name where the bad key came from:
+    the file, or `override` for a `key=value` given on the command line."""
+    raw = read_yaml(path) if path is not None else {}
+    extra = parse_overrides(overrides)
+    raw = _merge(raw, extra)
     try:
         return build_config(cls, raw)
     except ConfigError as e:
-        raise ConfigError(f"{path or '<overrides>'}: {e}") from None
+        top = e.key.split("[", 1)[0] if e.key else None
+        if top is not None and top in _flat(extra):
+            where = "command line"
+        else:
+            where = str(path) if path is not None else "defaults"
+        raise ConfigError(f"{where}: {e}", e.key) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Dataclass -> plain dict (for Ray's loop config and rayrm.json)."""
     return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- help text
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> its one-line meaning: the comment on the field's line in this module, else the comment lines
+    just above it. The comments are the documentation; `rayrm JOB --help` prints them."""
+    lines, _ = inspect.getsourcelines(cls)
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        m = re.match(r"^    (\w+)\s*:", line)
+        if m and not stripped.startswith(("def ", "@")):
+            comment = ""
+            for tok in tokenize.generate_tokens(io.StringIO(line).readline):
+                if tok.type == tokenize.COMMENT:
+                    comment = tok.string.lstrip("# ").strip()
+            out[m.group(1)] = comment or " ".join(above)
+        above = []
+    return out
+
+
+def describe(cls: type, prefix: str = "", _obj: Any = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default as YAML, meaning) for every key of a config class, in declaration order."""
+    obj = _obj if _obj is not None else cls()
+    hints = typing.get_type_hints(cls)
+    docs = field_help(cls)
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe(hints[f.name], f"{prefix}{f.name}.", value)
+        else:
+            if isinstance(value, str) and not value.isprintable():
+                shown = json.dumps(value)  # "\n", not a YAML block
+            else:
+                shown = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+                shown = shown.removesuffix("\n...").removesuffix("...").strip()
+            rows.append((prefix + f.name, shown, docs.get(f.name, "")))
+    return rows

@@ -17,10 +17,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from rayrm.errors import InputNotFoundError, UserError
+
 RESPONSE_FIELDS = ("chosen", "rejected")
 
 
-class BadRowError(ValueError):
+class BadRowError(UserError, ValueError):
     """A preference row that cannot be used; the message names file, line/row and field."""
 
 
@@ -167,14 +169,19 @@ def validate_row(
     return row
 
 
-def read_rows(path: str, validate: Any, split: str = "train", on_bad_row: str = "error") -> tuple[list[dict[str, Any]], ReadReport]:
-    """All rows of a JSONL/Parquet/`datasets` source that `validate(raw, loc)` accepts, in file order, plus a report
-    of skipped rows (`on_bad_row="skip"`); otherwise the first bad row raises, naming file, line/row and field."""
+def check_data_path(path: str) -> None:
+    """A local data file or directory must exist (a name like `org/dataset` is a hub dataset: checked on load)."""
     if not (os.path.exists(path) or "/" in path and not path.startswith((".", "/"))):
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"data {path!r} not found (cwd {os.getcwd()}); a `ray job submit` runs in a copy of the "
             "working dir, so pass an absolute path there"
         )
+
+
+def read_rows(path: str, validate: Any, split: str = "train", on_bad_row: str = "error") -> tuple[list[dict[str, Any]], ReadReport]:
+    """All rows of a JSONL/Parquet/`datasets` source that `validate(raw, loc)` accepts, in file order, plus a report
+    of skipped rows (`on_bad_row="skip"`); otherwise the first bad row raises, naming file, line/row and field."""
+    check_data_path(path)
     rows: list[dict[str, Any]] = []
     report = ReadReport()
     for loc, raw in _iter_raw_rows(path, split):

@@ -95,15 +95,15 @@ class RewardScorer:
         from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
         from rayrm.data import special_layout
-        from rayrm.model import load_tokenizer, read_meta, resolve_model_path
+        from rayrm.model import load_tokenizer, read_meta
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model_dir = resolve_model_path(model_dir)
-        if not os.path.exists(os.path.join(self.model_dir, "rayrm.json")):
-            raise FileNotFoundError(f"{self.model_dir}: no rayrm.json; pass an export written by jobs/train.py (<output_dir>/final)")
+        from rayrm.model import check_export
+
+        self.model_dir = check_export(model_dir)
         self.meta: dict[str, Any] = read_meta(self.model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = load_tokenizer(self.model_dir, padding_side="right")

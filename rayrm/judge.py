@@ -5,7 +5,7 @@ ends in "Verdict:", at the two verdict tokens, so decoding is greedy (temperatur
 P(A better) = softmax over the two verdict logits. Each pair is judged in both orders (A/B and B/A) and the two
 probabilities averaged, so a position bias cancels: judge(a, b) = 1 - judge(b, a) exactly.
 
-    python jobs/judge.py --config configs/judge/default.yaml model=Qwen/Qwen3-0.6B input=pairs.jsonl output=/tmp/judged
+    rayrm judge --config configs/judge/default.yaml model=Qwen/Qwen3-0.6B input=pairs.jsonl output=/tmp/judged
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from rayrm.config import ConfigError
+from rayrm.errors import UserError
 
 DEFAULT_TEMPLATE = (
     "You are a careful judge. Which response answers the user better?\n\n"
@@ -58,10 +61,10 @@ class Judge:
         ids = [self.tokenizer(v, add_special_tokens=False)["input_ids"] for v in verdicts]
         for v, i in zip(verdicts, ids):
             if len(i) != 1:
-                raise ValueError(f"verdict {v!r} must be one token for this tokenizer, got {len(i)} tokens")
+                raise ConfigError(f"verdict {v!r} must be one token for this tokenizer, got {len(i)} tokens")
         self.verdict_ids = [i[0] for i in ids]
         if self.verdict_ids[0] == self.verdict_ids[1]:
-            raise ValueError(f"verdicts {list(verdicts)} map to the same token")
+            raise ConfigError(f"verdicts {list(verdicts)} map to the same token")
 
     def _render(self, prompt: str, a: str, b: str) -> list[int]:
         """Token ids of the judging prompt; over max_length the start is cut (the verdict cue stays at the end)."""
@@ -111,24 +114,36 @@ def run_judging(cfg: Any) -> dict[str, Any]:
     import ray
     import ray.data
 
-    from rayrm.score import list_input_files
+    import pyarrow.parquet as pq
+
+    from rayrm.progress import Counter
+    from rayrm.score import count_input_rows, list_input_files
 
     if not ray.is_initialized():
         ray.init()
     files = list_input_files(cfg.input)
     ds = ray.data.read_parquet(files) if files[0].endswith(".parquet") else ray.data.read_json(files)
+    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)  # progress per block, every actor busy
     missing = {"prompt", cfg.a_field, cfg.b_field} - set(ds.schema().names)
     if missing:
-        raise ValueError(f"{cfg.input}: missing column(s) {sorted(missing)} (a_field/b_field name the two responses)")
+        raise UserError(f"{cfg.input}: missing column(s) {sorted(missing)} (a_field/b_field name the two responses)")
     kwargs = {"model": cfg.model, "tokenizer": cfg.tokenizer, "max_length": cfg.max_length, "dtype": cfg.dtype,
               "verdicts": tuple(cfg.verdicts), **({"template": cfg.template} if cfg.template else {})}
     ds = ds.map_batches(JudgeActor, fn_constructor_kwargs={"judge_kwargs": kwargs, "a_field": cfg.a_field,
                         "b_field": cfg.b_field, "batch_size": cfg.batch_size},
                         batch_size=cfg.block_rows, compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
                         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
-    ds.write_parquet(cfg.output)
-    out = ray.data.read_parquet(cfg.output)
-    n = out.count()
-    summary = {"pairs": n, "a_preferred": int(out.filter(lambda r: r["verdict"] == "A").count()), "output": cfg.output}
-    print(f"[rayrm.judge] {summary}", flush=True)
-    return summary
+    # judged blocks are written by the driver as they arrive, one Parquet part each, with a progress line
+    os.makedirs(cfg.output, exist_ok=True)
+    for old in os.listdir(cfg.output):
+        if old.startswith("part-") and old.endswith(".parquet"):
+            os.remove(os.path.join(cfg.output, old))
+    progress = Counter("judged", "pairs", count_input_rows(files), prefix="rayrm.judge")
+    n = a_preferred = 0
+    for i, block in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
+        pq.write_table(block, os.path.join(cfg.output, f"part-{i:05d}.parquet"))
+        n += block.num_rows
+        a_preferred += sum(v == "A" for v in block["verdict"].to_pylist())
+        progress.add(block.num_rows)
+    progress.add(0, force=True)
+    return {"pairs": n, "a_preferred": a_preferred, "output": cfg.output}

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from rayrm.errors import InputNotFoundError
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 META_FILE = "rayrm.json"
 
@@ -30,14 +32,24 @@ def resolve_model_path(name: str) -> str:
     if name.startswith("pkg:"):
         spec = importlib.util.find_spec(name[4:])
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"model {name!r}: Python package {name[4:]!r} is not installed")
+            raise InputNotFoundError(f"model {name!r}: Python package {name[4:]!r} is not installed")
         path = Path(next(iter(spec.submodule_search_locations))) / "model"
         if not path.is_dir():
-            raise FileNotFoundError(f"model {name!r}: {path} does not exist")
+            raise InputNotFoundError(f"model {name!r}: {path} does not exist")
         return str(path)
     if os.path.isdir(name):
         return os.path.abspath(name)
+    if "://" not in name and (name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name)):
+        raise InputNotFoundError(f"model {name!r}: no such directory (cwd {os.getcwd()}); pass a local model "
+                                 "directory, a Hugging Face Hub id or pkg:<package>")
     return name
+
+
+def _hub_error(name: str, e: OSError) -> InputNotFoundError:
+    """A hub id that could not be loaded (no network, HF_HUB_OFFLINE=1, a typo): the user's to fix."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputNotFoundError(f"model {name!r}: not a local directory, and loading it from the Hugging Face Hub "
+                              f"failed ({first})")
 
 
 def has_weights(path: str) -> bool:
@@ -51,7 +63,13 @@ def is_decoder(model: PreTrainedModel) -> bool:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, padding_side: str = "right") -> Any:
     """Tokenizer with a pad token distinct from EOS. (Encoders are re-padded right by `compute_rewards`.)"""
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if os.path.isdir(path):
+            raise
+        raise _hub_error(name, e) from None
     if tok.eos_token is None and tok.sep_token is not None:
         tok.eos_token = tok.sep_token  # BERT-style vocabularies end a sequence with [SEP]
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
@@ -146,7 +164,7 @@ def is_right_padded(attention_mask: torch.Tensor) -> bool:
 
 def fast_gpu_attention() -> None:
     """Turn off cuDNN's SDPA backend: it plans a graph per new sequence length (milliseconds of CPU per call when
-    every batch has another length, measured on an H100); flash / memory-efficient kernels need no plan."""
+    every batch has another length); flash / memory-efficient kernels need no plan."""
     if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -220,8 +238,23 @@ def save_export(
         json.dump(meta, f, indent=2, sort_keys=True)
 
 
+def check_export(model_dir: str) -> str:
+    """`model_dir` resolved, when it is a rayrm export (a directory with rayrm.json); a user error otherwise."""
+    if "://" in model_dir:
+        return model_dir  # remote storage: checked where it is opened
+    path = resolve_model_path(model_dir) if model_dir.startswith("pkg:") else os.path.abspath(model_dir)
+    if not os.path.isdir(path):
+        raise InputNotFoundError(f"model {model_dir!r}: no such export directory (an export is <output_dir>/final "
+                                 "of `rayrm train`)")
+    if not os.path.isfile(os.path.join(path, META_FILE)):
+        raise InputNotFoundError(f"model {model_dir!r} has no {META_FILE}: not a rayrm export (pass <output_dir>/final "
+                                 "of `rayrm train`)")
+    return path
+
+
 def read_meta(model_dir: str) -> dict[str, Any]:
-    with open(os.path.join(model_dir, META_FILE)) as f:
+    """rayrm.json of an export."""
+    with open(os.path.join(check_export(model_dir), META_FILE)) as f:
         return json.load(f)
 
 

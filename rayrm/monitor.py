@@ -29,12 +29,13 @@ from typing import Any
 import torch
 
 from rayrm.config import MonitorConfig, to_dict
+from rayrm.errors import UserError
 
 REPORT = "report.json"
 SUMMARY = "summary.md"
 
 
-class MonitorError(RuntimeError):
+class MonitorError(UserError, RuntimeError):
     """The monitor could not judge (bad export, too few canary pairs): jobs/monitor.py exits 2, not 1."""
 
 

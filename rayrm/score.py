@@ -32,6 +32,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rayrm.config import ScoreConfig
+from rayrm.errors import InputNotFoundError, UserError
+from rayrm.progress import Counter
 
 SHARDS = "rewards"
 BEST = "best_of_n"
@@ -40,7 +42,7 @@ SRC, ROW = "_rayrm_file", "_rayrm_row"  # internal columns, dropped before writi
 TMP_PREFIX = "_tmp-"
 
 
-class BadRolloutError(ValueError):
+class BadRolloutError(UserError, ValueError):
     """A rollout row that cannot be scored; the message names the file, row and field."""
 
 
@@ -74,7 +76,7 @@ def list_input_files(spec: str) -> list[str]:
     else:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"input {spec!r} not found")
+            raise InputNotFoundError(f"input {spec!r} not found")
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(exts)
@@ -82,10 +84,10 @@ def list_input_files(spec: str) -> list[str]:
         else:
             found = [path]
     if not found:
-        raise FileNotFoundError(f"input {spec!r} matches no .parquet/.jsonl files")
+        raise InputNotFoundError(f"input {spec!r} matches no .parquet/.jsonl files")
     for f in found:
         if not f.endswith(exts):
-            raise ValueError(f"input file {f!r}: expected .parquet, .jsonl or .json")
+            raise UserError(f"input file {f!r}: expected .parquet, .jsonl or .json")
     return sorted(scheme + f for f in found)
 
 
@@ -471,8 +473,6 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
 
     if not ray.is_initialized():
         ray.init()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
     c = to_dict(cfg)
     c["model"] = os.path.abspath(cfg.model) if os.path.exists(cfg.model) else cfg.model
     from rayrm.model import read_meta, resolve_model_path
@@ -500,11 +500,11 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     if len(done):
         log(f"resuming: {len(done)} rows already scored in {len(shard_files(cfg.output))} shards; scoring the rest")
     done_ref = ray.put(np.sort(done)) if len(done) else None
+    n_input = count_input_rows(files) if not cfg.max_rows else min(cfg.max_rows, count_input_rows(files))
 
     # 2. the streaming pipeline
     # Bounded memory over millions of rows: task workers are recycled every task_max_calls blocks, and the stages'
-    # workers run with fewer glibc arenas (1M rollouts: peak RSS x1.11 of 100k with both, x1.18 with recycling only,
-    # x1.25 with neither; README, offline scoring).
+    # workers run with fewer glibc arenas (docs/benchmarks.md, scoring at scale).
     env = {"env_vars": {"MALLOC_ARENA_MAX": str(cfg.malloc_arena_max)}} if cfg.malloc_arena_max else None
     task_args = {"max_calls": cfg.task_max_calls, "runtime_env": env}
     units_ds = ray.data.from_items([{"path": u.path, "row_group": u.row_group, "offset": u.offset} for u in units],
@@ -513,10 +513,13 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
                               "done_ref": done_ref}, num_cpus=cfg.read_cpus, **task_args)
     if cfg.max_rows:
         ds = ds.limit(cfg.max_rows)
-    # batch_size=None: one tokenise task per block a read task outputs (a file or row group). A row-count batch_size
-    # here made Ray Data, which fuses the two stages when their resources match, bundle up to block_rows read *units*
-    # into one task: the whole input read and tokenised by a single task in turn (seen on a 16-core GPU node: one
-    # tokenise task running, 15 cores idle). read_cpus != tokenize_cpus keeps the stages unfused as well.
+    # Blocks of at most block_rows rows from here on. A read task's output would otherwise stay one block however
+    # many rows it yields (one JSONL file or row group: a single scoring call, no progress until it ends, one actor
+    # busy while the others wait).
+    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
+    # batch_size=None: one tokenise task per block. A row-count batch_size would let Ray Data, which fuses stages
+    # with equal resources, bundle many read units into one task that reads and tokenises the whole input while the
+    # other cores idle; read_cpus != tokenize_cpus keeps the stages unfused as well.
     ds = ds.map_batches(tokenize_block, batch_format="pyarrow", batch_size=None, fn_kwargs={"cfg": c},
                         num_cpus=cfg.tokenize_cpus, **task_args)
     threads = cfg.torch_threads or max(1, int(np.ceil(cfg.cpus_per_actor)))
@@ -532,23 +535,21 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
                                    "kill": (os.getpid(), cfg.fail_after_shards) if cfg.fail_after_shards else None},
                         num_cpus=0.25)
 
-    # 3. drive it, with progress lines
+    # 3. drive it: a progress line (rows, rate, ETA) as scored blocks are written, at most every 10 s
     t0 = time.time()
     tot = {"rows": 0, "tokens": 0, "truncated": 0, "bad": 0, "shards": 0}
-    last = t0
+    progress = Counter("scored", "rows", max(0, n_input - len(done)), prefix="rayrm.score")
+    log(f"scoring {progress.total:,} rows of {len(files)} file(s) with {cfg.num_actors} actor(s) -> {cfg.output}")
     for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for k in ("rows", "tokens", "truncated", "bad"):
             tot[k] += int(pc.sum(b[k]).as_py() or 0)
         tot["shards"] += b.num_rows
-        if time.time() - last > 10:
-            last = time.time()
-            el = last - t0
-            log(f"{tot['rows']} rows, {tot['tokens']} tokens in {el:.0f}s ({tot['rows'] / el:.1f} rows/s, {tot['tokens'] / el:.0f} tokens/s)")
+        progress.add(int(pc.sum(b["rows"]).as_py() or 0))
     wall = time.time() - t0
+    progress.add(0, force=True)
 
     # 4. exactly once: every input row in the output, none twice
     all_ids = read_done_ids(cfg.output, cfg.id_field)
-    n_input = count_input_rows(files) if not cfg.max_rows else min(cfg.max_rows, count_input_rows(files))
     n_unique = int(np.unique(all_ids).size)
     if n_unique != all_ids.size:
         raise RuntimeError(f"{cfg.output}: {all_ids.size - n_unique} rows appear twice (duplicate '{cfg.id_field}' values in the input?)")
@@ -567,7 +568,6 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     summary["bad_rows_total"] = _count_bad(cfg.output)
     with fs.open_output_stream(_join(out, SUCCESS)) as fh:
         fh.write(json.dumps(summary, indent=2, sort_keys=True).encode())
-    log("done: " + json.dumps(summary, sort_keys=True))
     return summary
 
 
@@ -577,7 +577,7 @@ def _write_best_of_n(cfg: ScoreConfig, meta: dict[str, Any]) -> int:
     Rows of (prompt_id, id, reward) are read shard by shard in the driver, in passes over the prompt ids' hash
     (`best_of_n_rows_per_pass` rows at most per pass, so memory stays bounded whatever the input size); each pass
     ranks its prompts (`best_of_n_block`), then reads only the winners' completions and writes one part file.
-    A Ray Data hash shuffle of every column did this before and set the job's peak memory at 1M rollouts.
+    A Ray Data shuffle of whole rows would move every column and set the job's peak memory.
     """
     temperature = float(meta.get("temperature") or 1.0) if meta.get("task", "reward") == "reward" else None
     fs, out = _fs(cfg.output)

@@ -265,7 +265,7 @@ class RewardServer:
         if gil_switch_interval_s is not None:
             # The forward runs in a worker thread. On a GPU its Python dispatch takes and drops the GIL around every
             # op, and the event loop, waking from I/O, then waits up to this interval (Python's default: 5 ms) for
-            # the GIL each time: a convoy that capped this replica at ~140 requests/s on an H100. Shorter = the loop
+            # the GIL each time: a convoy that caps the requests a GPU replica accepts per second. Shorter = the loop
             # accepts and tokenises requests while a batch runs, so batches fill.
             sys.setswitchinterval(gil_switch_interval_s)
 
@@ -509,15 +509,19 @@ def deploy(*cfgs: ServeConfig) -> list[Any]:
     return serve.run_many([RunTarget(reward_app(c), name=c.name, route_prefix=c.route_prefix) for c in cfgs])
 
 
-def run_server(cfg: ServeConfig) -> None:
-    """jobs/serve.py: deploy, print the URL and settings, serve until Ctrl-C, then delete the app."""
+def run_server(cfg: ServeConfig, verbose: bool = False) -> None:
+    """`rayrm serve`: deploy, print the URL and a request to try, serve until Ctrl-C, then delete the app."""
     import time
 
     try:
         deploy(cfg)
-        print(f"[rayrm.serve] {cfg.model} at {app_url(cfg)}  (POST /v1/rewards, POST /v1/preferences, POST /get_reward, GET /v1/model, "
-              f"GET /healthz, GET /docs); Ctrl-C stops", flush=True)
-        print(json.dumps(vars(cfg)), flush=True)
+        url = app_url(cfg)
+        print(f"[rayrm.serve] {cfg.model} at {url}  (POST /v1/rewards, POST /v1/preferences, POST /get_reward, "
+              f"GET /v1/model, GET /healthz, GET /docs); Ctrl-C stops", flush=True)
+        print(f"[rayrm.serve] try: curl -s {url}/v1/rewards -H 'content-type: application/json' "
+              """-d '{"prompts": ["Hi"], "completions": ["Hello! How can I help?"]}'""", flush=True)
+        if verbose:
+            print(json.dumps(vars(cfg)), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

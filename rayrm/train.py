@@ -17,21 +17,33 @@ import numpy as np
 import torch
 
 from rayrm.config import TrainConfig, to_dict
+from rayrm.errors import UserError
 
 STATE_FILE = "rayrm_state.json"
 DS_TAG = "ds"
 
 
+_BOARD: Any = None  # inside a Train worker: the driver's progress board (rayrm.progress), set by train_loop
+
+
 def log(msg: str) -> None:
-    """Print once per job: on rank 0 inside Ray Train, always outside it."""
+    """One line per job: from rank 0 inside Ray Train (through the driver's board, so it is printed once and without
+    Ray's worker prefix), always outside it."""
     import ray.train
+
+    from rayrm.progress import post
 
     try:
         rank = ray.train.get_context().get_world_rank()
     except Exception:  # not inside a Train worker
         rank = 0
     if rank == 0:
-        print(f"[rayrm] {msg}", flush=True)
+        post(_BOARD, msg)
+
+
+def _fmt_metrics(metrics: dict[str, float], strip: str = "eval_") -> str:
+    return " ".join(f"{k.removeprefix(strip)} {v:.4g}" if isinstance(v, float) and not v.is_integer()
+                    else f"{k.removeprefix(strip)} {int(v)}" for k, v in metrics.items())
 
 
 class MetricSink:
@@ -145,7 +157,7 @@ def _setup_engine(c: dict[str, Any], total_steps: int) -> tuple[Any, Any]:
         from rayrm.model import fast_gpu_attention
 
         fast_gpu_attention()
-    # fused AdamW on GPU: one kernel for all tensors (the for-each path took ~40% of a 0.6B step on an H100)
+    # fused AdamW on GPU: one kernel for all tensors (the for-each path is a large share of a small model's step)
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"],
                             fused=gpu or None)
     warmup = max(1, int(total_steps * o["warmup_ratio"]))
@@ -434,8 +446,11 @@ def train_loop(c: dict[str, Any]) -> None:
 
     from rayrm.data import length_grouped
     from rayrm.metrics import size_weighted_mean
+    from rayrm.progress import rate_eta
 
     # 1. setup: engine, loss, resume state
+    global _BOARD
+    _BOARD = c.get("progress")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     tr = c["train"]
@@ -465,6 +480,7 @@ def train_loop(c: dict[str, Any]) -> None:
     # seconds of this worker's loop by phase; their sum is the loop time (evaluations and checkpoints excluded)
     phase = dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
     eval_metrics: dict[str, float] = {}
+    t_start, start_step = time.perf_counter(), state["step"]  # wall clock for the ETA (evaluations included)
     while state["epoch"] < tr["epochs"]:
         buffers = shard.iter_batches(
             batch_size=tr["micro_batch_size"] * tr["length_group_batches"], batch_format="numpy", prefetch_batches=1
@@ -503,13 +519,15 @@ def train_loop(c: dict[str, Any]) -> None:
                 secs = max(1e-9, sum(phase.values()))
                 rate = pairs_seen * world / secs
                 split = " ".join(f"{k} {v / secs:.0%}" for k, v in phase.items())
-                log(f"step {step}/{total_steps} loss {recent:.4f} lr {engine.get_lr()[0]:.2e} {rate:.1f} pairs/s ({split})")
+                _, eta = rate_eta(step - start_step, total_steps - start_step, time.perf_counter() - t_start)
+                log(f"step {step}/{total_steps} loss {recent:.4f} lr {engine.get_lr()[0]:.2e} {rate:.1f} pairs/s "
+                    f"ETA {eta} ({split})")
                 sink.write({"train_loss": recent, "train_lr": engine.get_lr()[0], "train_pairs_per_s": rate}, step)
             do_eval = tr["eval_every"] and step % tr["eval_every"] == 0 and step < total_steps
             do_ckpt = tr["checkpoint_every"] and step % tr["checkpoint_every"] == 0 and step < total_steps
             if do_eval:
                 eval_metrics, _ = _evaluate(c, engine, eval_batches, device)
-                log(f"step {step} eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in eval_metrics.items()))
+                log(f"step {step} held-out " + _fmt_metrics(eval_metrics))
                 sink.write(eval_metrics, step)
             if do_eval or do_ckpt:
                 metrics = {"step": step, "train_loss": _global_mean(losses, sizes, device), **eval_metrics}
@@ -538,7 +556,7 @@ def train_loop(c: dict[str, Any]) -> None:
         "restarts": state["restarts"],
         **eval_metrics,
     }
-    log("final eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+    log("final held-out " + _fmt_metrics(eval_metrics))
     sink.write(metrics, state["step"])
     sink.close()
     _export(engine, tok, c, metrics, reward_stats(values), report_data)
@@ -621,7 +639,9 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "truncated_train": trunc["train"],
         "truncated_eval": trunc["eval"],
     }
-    log(f"data: {facts}")
+    log(f"data: {facts['train_pairs']:,} train / {facts['eval_pairs']:,} held-out rows; truncated to "
+        f"data.max_length={d.max_length}: {facts['truncated_train']:,} train, {facts['truncated_eval']:,} held-out; "
+        f"skipped {facts['skipped_rows']:,}")
     return datasets, facts
 
 
@@ -651,6 +671,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     _guard_run_dir(os.path.join(cfg.storage_path or os.path.join(output_dir, "ray"), cfg.name), loop_config)
+    from rayrm.progress import Board
+
+    board = Board.start()  # rank 0's progress lines, printed here once
+    loop_config["progress"] = board.handle
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # each worker's shard in the same order on every run (reproducible training)
     trainer = TorchTrainer(
@@ -669,7 +693,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     )
     log(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision})")
     t0 = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        board.close()
     wall = time.time() - t0
     if result.error:
         raise result.error
@@ -702,7 +729,7 @@ def _guard_run_dir(run_dir: str, loop_config: dict[str, Any]) -> None:
     if os.path.exists(path):
         with open(path) as f:
             if f.read() != fingerprint:
-                raise RuntimeError(
+                raise UserError(
                     f"{run_dir} holds a Ray Train run with a different config, which Ray would resume from; "
                     "choose another `name` or `output_dir`/`storage_path`, or delete that directory"
                 )

@@ -210,7 +210,7 @@ def test_ray_job_submit_trains_and_exports(tmp_path):
     meta = json.loads((out / "final" / "rayrm.json").read_text())
     assert meta["data"]["train_pairs"] + meta["data"]["eval_pairs"] == 64
     assert (out / "final" / "model.safetensors").exists()
-    assert '"export"' in r.stdout  # the job's own stdout came back through `ray job submit`
+    assert "export: " in r.stdout and "rayrm score --config" in r.stdout  # the job's summary came back through `ray job submit`
 
 
 # ---------------------------------------------------------------- node loss (multi-node cluster in a subprocess)

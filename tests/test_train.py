@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from conftest import MINILM, TINY_QWEN3
 from rayrm.config import TrainConfig, load_config
 from rayrm.data import pad_batch, read_preferences, render_row, special_layout, split_rows, tokenize_pairs
+from rayrm.errors import UserError
 from rayrm.metrics import pairwise_accuracy, reward_stats
 from rayrm.train import run_training
 
@@ -117,7 +118,7 @@ def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
     base = {"model": "m", "data": {"max_length": 64}, "train": {"lr": 1, "fail_at_step": None}, "output_dir": "x"}
     _guard_run_dir(run_dir, base)
     _guard_run_dir(run_dir, {**base, "train": {"lr": 1, "fail_at_step": 2}, "output_dir": "y"})  # same run: resumes
-    with pytest.raises(RuntimeError, match="different config"):
+    with pytest.raises(UserError, match="different config"):
         _guard_run_dir(run_dir, {**base, "data": {"max_length": 128}})
 
 
