@@ -1,4 +1,4 @@
-"""Where a GPU training step's time goes: rayrm's DeepSpeed engine (the same `_setup_engine` the Ray Train loop
+"""Where a GPU training step's time goes: rayrm's DeepSpeed engine (the same `setup_engine` the Ray Train loop
 uses) timed phase by phase, on one GPU, outside Ray (one nccl rank), for several ZeRO stages and micro-batch sizes.
 
     python bench/gpu_step_profile.py --tokenizer DIR [--data FILE] [--model DIR] [--steps 12] [--configs 2:8,0:8,2:16]
@@ -41,10 +41,11 @@ def main() -> None:
     import deepspeed
 
     from bench.gpu_train_bench import matmul_peak
-    from rayrm.config import TrainConfig, load_config, to_dict
-    from rayrm.data import pad_batch, read_preferences, special_layout, tokenize_pairs
+    from rayrm.config import TrainConfig, load_config
+    from rayrm.batching import pad_batch
+    from rayrm.data import read_preferences, special_layout, tokenize_pairs
     from rayrm.model import load_tokenizer
-    from rayrm.train import _reward_step, _setup_engine
+    from rayrm.train.engine import setup_engine, step_loss_for
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29511", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     deepspeed.init_distributed(dist_backend="nccl")
@@ -61,8 +62,8 @@ def main() -> None:
         zero, mb = (int(x) for x in spec.split(":"))
         cfg = load_config(None, [f"model={args.model}", f"tokenizer={args.tokenizer}", f"deepspeed.zero_stage={zero}",
                                  "deepspeed.precision=bf16", f"train.micro_batch_size={mb}"], TrainConfig)
-        cd = to_dict(cfg)
-        engine, _ = _setup_engine(cd, 1000)
+        engine, _ = setup_engine(cfg, 1000)
+        step_loss = step_loss_for(cfg)
         n_non_emb = sum(p.numel() for p in engine.module.parameters()) - engine.module.model.get_input_embeddings().weight.numel() \
             if zero != 3 else None
         rng = np.random.default_rng(0)
@@ -87,7 +88,7 @@ def main() -> None:
             weight = torch.ones(g, device=engine.device)
             torch.cuda.synchronize()
             t1 = time.perf_counter()
-            loss = _reward_step(engine, batch, weight, cd["train"])
+            loss = step_loss(engine, batch, weight)
             torch.cuda.synchronize()
             t2 = time.perf_counter()
             engine.backward(loss)

@@ -78,7 +78,7 @@ def plain_loop(model_dir: str, rows: list[dict], device: str = "cpu") -> tuple[n
     """The baseline: (rewards, real tokens, seconds), on `device` (the GPU too when rayrm's actors get one)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rayrm.data import pad_batch
+    from rayrm.batching import pad_batch
     from rayrm.infer import RewardScorer
 
     tok_only = RewardScorer(model_dir)  # for the same rendering/truncation as rayrm; its model is not used

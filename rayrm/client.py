@@ -129,7 +129,7 @@ class RewardClient:
 
     @staticmethod
     def _raise_if_bad_request(e: Exception) -> None:
-        from rayrm.serve import BadRequest  # Ray re-raises the replica's exception as a subclass of its type
+        from rayrm.protocol import BadRequest  # Ray re-raises the replica's exception as a subclass of its type
 
         if isinstance(e, BadRequest):
             raise BadRewardRequest(str(e).strip().splitlines()[-1]) from e

@@ -9,31 +9,15 @@ share its batch (padding-invariant to 1e-5 in fp32).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from rayrm.batching import token_budget_batches
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[np.ndarray]:
-    """Indices of rows grouped into batches, longest first, each with rows * longest <= token_budget.
-
-    Sorting by length means each padded batch (b, s) wastes little of b * s on padding. A row longer than the budget
-    goes alone. Every index appears in exactly one batch.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        longest = max(1, int(lengths[order[start]]))
-        n = max(1, min(max_rows, token_budget // longest))
-        batches.append(order[start : start + n])
-        start += n
-    return batches
 
 
 @dataclass
@@ -144,7 +128,7 @@ class RewardScorer:
     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """(rewards (n,), per-row arrays): ORM per-token and PRM per-step probabilities of being correct, with the
         reward their aggregate (rayrm.json `aggregate`); (rewards, None) for a scalar RM."""
-        from rayrm.data import pad_batch
+        from rayrm.batching import pad_batch
         from rayrm.metrics import aggregate_scores
         from rayrm.model import compute_rewards
         from rayrm.token_tasks import token_probabilities

@@ -74,7 +74,7 @@ class Judge:
     @torch.inference_mode()
     def _p_first(self, seqs: list[list[int]], batch_size: int) -> np.ndarray:
         """P(first verdict) for each judging prompt: softmax over the two verdict logits at the next position."""
-        from rayrm.data import pad_batch
+        from rayrm.batching import pad_batch
         from rayrm.model import position_ids_from_mask
 
         out = np.empty(len(seqs), dtype=np.float64)

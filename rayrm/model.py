@@ -8,7 +8,6 @@ handled); encoder backbones (BERT-style) keep their own pooling.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from rayrm.errors import InputNotFoundError
+from rayrm.export import META_FILE, ExportMeta
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-META_FILE = "rayrm.json"
 
 
 def resolve_model_path(name: str) -> str:
@@ -204,7 +203,7 @@ def chunked_rewards(
     """`compute_rewards` over a padded batch in up to `max_chunks` forwards of similar-length rows, each cut to its own
     longest row (`rayrm.data.padding_chunks`): fewer padded tokens, the same rewards (each row's reward does not depend
     on its batch-mates). Rewards come back in the input's row order."""
-    from rayrm.data import padding_chunks
+    from rayrm.batching import padding_chunks
 
     if max_chunks <= 1:
         return compute_rewards(model, input_ids, attention_mask)
@@ -227,15 +226,14 @@ def save_export(
     model: PreTrainedModel,
     tokenizer: Any,
     out_dir: str,
-    meta: dict[str, Any],
+    meta: ExportMeta,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Plain HF dir (config, safetensors, tokenizer) + rayrm.json with what scoring and serving need."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, META_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    meta.write(out_dir)
 
 
 def check_export(model_dir: str) -> str:
@@ -253,9 +251,8 @@ def check_export(model_dir: str) -> str:
 
 
 def read_meta(model_dir: str) -> dict[str, Any]:
-    """rayrm.json of an export."""
-    with open(os.path.join(check_export(model_dir), META_FILE)) as f:
-        return json.load(f)
+    """rayrm.json of an export, validated and in the current format (`rayrm.export.ExportMeta`), as a dict."""
+    return ExportMeta.read(check_export(model_dir)).model_dump()
 
 
 def export_base_model(
@@ -284,24 +281,19 @@ def export_base_model(
         readout = "token_classifier"
     torch.manual_seed(seed)
     torch.nn.init.normal_((model.score if is_decoder(model) else model.classifier).weight, std=0.5)
-    meta = {
-        "format": 1,
-        "base_model": model_name,
-        "tokenizer": tokenizer_name or model_name,
-        "architecture": type(model).__name__,
-        "task": task,
-        "aggregate": {"orm": "mean", "prm": "min"}.get(task),
-        "step_separator": step_separator,
-        "temperature": temperature,
-        "reward_readout": readout,
-        "max_length": max_length,
-        "padding_side": padding_side,
-        "append_eos": True,
-        "loss": "untrained",
-        "dtype": "float32",
-        "reward_mean": 0.0,
-        "reward_std": 1.0,
-        "metrics": {},
-    }
+    meta = ExportMeta(
+        base_model=model_name,
+        tokenizer=tokenizer_name or model_name,
+        architecture=type(model).__name__,
+        task=task,
+        aggregate={"orm": "mean", "prm": "min"}.get(task),
+        step_separator=step_separator,
+        temperature=temperature,
+        reward_readout=readout,
+        max_length=max_length,
+        padding_side=padding_side,
+        loss="untrained",
+        dtype="float32",
+    )
     save_export(model, tok, out_dir, meta)
     return out_dir

@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -161,11 +161,11 @@ def id_hash(ids: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- step 1: read + validate
-def _fields(cfg: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    return cfg["prompt_field"], cfg["completion_field"], cfg["messages_field"], cfg["id_field"], cfg["prompt_id_field"]
+def _fields(cfg: ScoreConfig) -> tuple[str, str, str, str, str]:
+    return cfg.prompt_field, cfg.completion_field, cfg.messages_field, cfg.id_field, cfg.prompt_id_field
 
 
-def _row_error(row: dict[str, Any], cfg: dict[str, Any], need_pid: bool) -> str | None:
+def _row_error(row: dict[str, Any], cfg: ScoreConfig, need_pid: bool) -> str | None:
     """Why a rollout cannot be scored (naming the field), or None."""
     pf, cf, mf, idf, pidf = _fields(cfg)
     if mf in row and row[mf] is not None and not (pf in row or cf in row):
@@ -191,17 +191,17 @@ def _row_error(row: dict[str, Any], cfg: dict[str, Any], need_pid: bool) -> str 
     return None
 
 
-def _finish_rows(rows: list[dict[str, Any]], locs: list[tuple[str, int]], cfg: dict[str, Any], rel: str,
+def _finish_rows(rows: list[dict[str, Any]], locs: list[tuple[str, int]], cfg: ScoreConfig, rel: str,
                  need_pid: bool, done: np.ndarray | None) -> pa.Table | None:
     """Validate, derive ids, drop rows scored by an earlier run; -> Arrow table with SRC/ROW/error columns."""
-    idf = cfg["id_field"]
+    idf = cfg.id_field
     errors: list[str | None] = []
     for row, (path, i) in zip(rows, locs):
         if row.get("_rayrm_bad") is not None:
             err = row.pop("_rayrm_bad")
         else:
             err = _row_error(row, cfg, need_pid)
-        if err is not None and cfg["on_bad_row"] == "error":
+        if err is not None and cfg.on_bad_row == "error":
             raise BadRolloutError(f"{path}:row {i}: {err} (set on_bad_row=mark to keep going and flag such rows)")
         errors.append(err)
         if err is not None:  # keep the row, but a text field of the wrong type cannot share its Arrow column
@@ -227,7 +227,7 @@ def _finish_rows(rows: list[dict[str, Any]], locs: list[tuple[str, int]], cfg: d
     return table.append_column("error", pa.array([errors[i] for i in sel], pa.string()))
 
 
-def read_unit(batch: dict[str, np.ndarray], cfg: dict[str, Any], need_pid: bool, base: str,
+def read_unit(batch: dict[str, np.ndarray], cfg: ScoreConfig, need_pid: bool, base: str,
               done_ref: Any) -> Iterator[pa.Table]:
     """Ray Data generator UDF: one ReadUnit in, blocks of validated rows out."""
     import ray
@@ -237,7 +237,7 @@ def read_unit(batch: dict[str, np.ndarray], cfg: dict[str, Any], need_pid: bool,
         path, group, offset = str(path), int(group), int(offset)
         rel = os.path.relpath(path, base) if base else path
         fs, p = _fs(path)
-        n = cfg["block_rows"]
+        n = cfg.block_rows
         if path.endswith(".parquet"):
             with fs.open_input_file(p) as fh:
                 t = pq.ParquetFile(fh).read_row_group(group)
@@ -284,12 +284,12 @@ def _tokenizer_for(model_dir: str) -> Any:
     return tok, meta, special_layout(tok, meta.get("append_eos", True))
 
 
-def tokenize_block(t: pa.Table, cfg: dict[str, Any]) -> pa.Table:
+def tokenize_block(t: pa.Table, cfg: ScoreConfig) -> pa.Table:
     """Add `input_ids` (list<int32>, empty for bad rows), `num_tokens`, `truncated` and, for outcome/process RMs,
     `marks` (the token positions whose probabilities are read)."""
     from rayrm.infer import encode_rollouts
 
-    tok, meta, layout = _tokenizer_for(cfg["model"])
+    tok, meta, layout = _tokenizer_for(cfg.model)
     pf, cf, mf, _, _ = _fields(cfg)
     ok = pc.is_null(t["error"]).to_numpy(zero_copy_only=False)
     cols = set(t.column_names)
@@ -356,21 +356,11 @@ class ScoreActor:
 
 
 # ---------------------------------------------------------------- step 4: write shards atomically
-def _kill_driver(pid: int) -> None:
-    """Test hook: SIGKILL the driver, then fail this task without writing (the job's tasks can outlive the driver)."""
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    raise RuntimeError("fail_after_shards: the driver was killed on purpose")
-
-
-def write_shard(t: pa.Table, output: str, id_field: str, kill: tuple[int, int] | None = None) -> pa.Table:
+def write_shard(t: pa.Table, output: str, id_field: str, before_write: Callable[[str], None] | None = None) -> pa.Table:
     """Write one block as `rewards/part-<hash of its ids>.parquet` (tmp name, then rename); return its counts.
 
-    `kill` = (driver pid, n) is the fault-injection test hook: SIGKILL the driver once n shards exist, mid-job.
+    `before_write(output)` runs in the writing task before each shard is written (`run_scoring`'s hook; tests use it
+    to kill the driver mid-job).
     """
     fs, out = _fs(output)
     shard_dir = _join(out, SHARDS)
@@ -378,13 +368,11 @@ def write_shard(t: pa.Table, output: str, id_field: str, kill: tuple[int, int] |
     name = f"part-{digest}.parquet"
     tmp = _join(shard_dir, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
     data = t.drop_columns([SRC, ROW])
-    if kill is not None and len(shard_files(output)) >= kill[1]:
-        _kill_driver(kill[0])  # a task still running after the driver's death must not finish the job
+    if before_write is not None:
+        before_write(output)
     with fs.open_output_stream(tmp) as fh:
         pq.write_table(data, fh)
     fs.move(tmp, _join(shard_dir, name))
-    if kill is not None and len(shard_files(output)) >= kill[1]:
-        _kill_driver(kill[0])
     ok = pc.is_null(t["error"])
     return pa.table({
         "shard": [name],
@@ -464,21 +452,22 @@ def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str], t
 
 
 # ---------------------------------------------------------------- the job
-def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
-    """Score every input rollout exactly once into `cfg.output`; returns the summary (also in _SUCCESS.json)."""
+def run_scoring(cfg: ScoreConfig, before_write: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Score every input rollout exactly once into `cfg.output`; returns the summary (also in _SUCCESS.json).
+
+    `before_write(output)`, when given, runs in the writing task before each shard is written (it is pickled to
+    the Ray workers): a place to observe or interrupt the job between shards."""
     import ray
     import ray.data
 
-    from rayrm.config import to_dict
-
     if not ray.is_initialized():
         ray.init()
-    c = to_dict(cfg)
-    c["model"] = os.path.abspath(cfg.model) if os.path.exists(cfg.model) else cfg.model
+    # tasks and actors get the typed config, with the export's path absolute (they run in another directory)
+    c = cfg.model_copy(update={"model": os.path.abspath(cfg.model) if os.path.exists(cfg.model) else cfg.model})
     from rayrm.model import read_meta, resolve_model_path
 
-    c["model"] = resolve_model_path(c["model"])
-    meta = read_meta(c["model"])  # fail now, on the driver, when the export is missing
+    c.model = resolve_model_path(c.model)
+    meta = read_meta(c.model)  # fail now, on the driver, when the export is missing
     fs, out = _fs(cfg.output)
     fs.create_dir(_join(out, SHARDS), recursive=True)
 
@@ -525,14 +514,14 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
     threads = cfg.torch_threads or max(1, int(np.ceil(cfg.cpus_per_actor)))
     ds = ds.map_batches(
         ScoreActor, batch_format="pyarrow", batch_size=cfg.block_rows,
-        fn_constructor_kwargs={"model_dir": c["model"], "dtype": cfg.dtype, "token_budget": cfg.token_budget,
+        fn_constructor_kwargs={"model_dir": c.model, "dtype": cfg.dtype, "token_budget": cfg.token_budget,
                                "max_batch_rows": cfg.max_batch_rows, "torch_threads": threads},
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, runtime_env=env,
     )
     ds = ds.map_batches(write_shard, batch_format="pyarrow", batch_size=cfg.block_rows,  # one shard per block_rows
                         fn_kwargs={"output": cfg.output, "id_field": cfg.id_field,
-                                   "kill": (os.getpid(), cfg.fail_after_shards) if cfg.fail_after_shards else None},
+                                   "before_write": before_write},
                         num_cpus=0.25)
 
     # 3. drive it: a progress line (rows, rate, ETA) as scored blocks are written, at most every 10 s
@@ -558,7 +547,7 @@ def run_scoring(cfg: ScoreConfig) -> dict[str, Any]:
 
     # 5. best-of-N over all shards (including those of earlier runs)
     summary: dict[str, Any] = {
-        "model": c["model"], "input": cfg.input, "output": cfg.output, "input_rows": n_input,
+        "model": c.model, "input": cfg.input, "output": cfg.output, "input_rows": n_input,
         "rows_scored_this_run": tot["rows"], "rows_resumed": int(len(done)), "tokens": tot["tokens"],
         "truncated_rows": tot["truncated"], "bad_rows": tot["bad"], "wall_s": wall,
         "rows_per_s": tot["rows"] / max(wall, 1e-9), "tokens_per_s": tot["tokens"] / max(wall, 1e-9),

@@ -179,7 +179,7 @@ class TokenTaskTokenizer:
 
 def collate_tokens(batch: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
     """Ray batch -> input_ids, attention_mask (b, s) right-padded, labels (b, s) padded with IGNORE, target (b,)."""
-    from rayrm.data import pad_batch
+    from rayrm.batching import pad_batch
 
     ids, mask = pad_batch(list(batch["ids"]), pad_id, "right")
     labels = torch.full(ids.shape, IGNORE, dtype=torch.long)

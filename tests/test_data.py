@@ -145,7 +145,7 @@ def test_split_is_seeded_and_complete():
 def test_length_grouping_keeps_every_pair_once_and_cuts_padding():
     import numpy as np
 
-    from rayrm.data import length_grouped
+    from rayrm.batching import length_grouped
 
     rng = np.random.default_rng(0)
     n = 64
@@ -233,7 +233,8 @@ def test_margin_from_rating_columns(tmp_path):
 def test_groups_stay_whole_through_tokenising_batching_and_collation():
     import numpy as np
 
-    from rayrm.data import collate_groups, length_grouped
+    from rayrm.batching import length_grouped
+    from rayrm.data import collate_groups
 
     tok = GroupTokenizer(MINILM, max_length=32)
     ks = [2, 4, 3, 2, 4, 3, 2, 3]
@@ -259,7 +260,7 @@ def test_padding_chunks_cover_every_row_once_and_cut_padding():
 
     import numpy as np
 
-    from rayrm.data import padding_chunks
+    from rayrm.batching import padding_chunks
 
     rng = np.random.default_rng(0)
     for trial in range(20):

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rayrm.infer import RewardScorer, token_budget_batches
+from rayrm.batching import token_budget_batches
+from rayrm.infer import RewardScorer
 
 
 def test_token_budget_batches_cover_every_row_once_within_budget():

@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import MINILM, TINY_QWEN3
-from rayrm.data import pad_batch, special_layout, tokenize_texts
+from rayrm.batching import pad_batch
+from rayrm.data import special_layout, tokenize_texts
 from rayrm.model import (
     chunked_rewards,
     compute_rewards,

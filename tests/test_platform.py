@@ -101,7 +101,7 @@ def test_job_working_dir_upload_is_small_and_has_no_git():
         _zip_files(str(ROOT), [], out, include_gitignore=True)
         names = zipfile.ZipFile(out).namelist()
         size = os.path.getsize(out)
-    assert "jobs/train.py" in names and "rayrm/train.py" in names and "configs/train/default.yaml" in names
+    assert "jobs/train.py" in names and "rayrm/train/loop.py" in names and "configs/train/default.yaml" in names
     assert not [n for n in names if n.startswith((".git/", "runs/")) or "__pycache__" in n]
     assert size < 10 * 2**20, f"working dir upload is {size / 2**20:.1f} MiB: add big files to .rayignore"
 
@@ -192,6 +192,7 @@ def ray_head(num_cpus: int = 2, timeout_s: float = 300, attempts: int = 2) -> It
         _stop_head(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_ray_job_submit_trains_and_exports(tmp_path):
     out = tmp_path / "out"
@@ -243,6 +244,7 @@ def _run_scenario(name: str, tmp_path: Path, attempts: int = 3) -> dict:
     raise AssertionError("unreachable")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_node_lost_mid_training_resumes_from_checkpoint_and_completes(tmp_path):
     res = _run_scenario("train", tmp_path)
@@ -255,6 +257,7 @@ def test_node_lost_mid_training_resumes_from_checkpoint_and_completes(tmp_path):
     assert m["eval_num_pairs"] == 16 and m["eval_accuracy"] == m["eval_accuracy"]  # evaluated, not NaN
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_node_lost_mid_scoring_scores_every_row_exactly_once(tmp_path):
     import pyarrow.parquet as pq

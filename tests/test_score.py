@@ -132,14 +132,15 @@ def test_parquet_scores_equal_single_row_scoring_and_best_of_n(ray_cluster, tiny
     pd.testing.assert_frame_equal(again, best)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_killed_job_resumes_and_scores_each_row_once(ray_cluster, tiny_export, rollouts, tmp_path):
     inp = _write_jsonl(tmp_path / "roll.jsonl", [{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts] * 2)
     out = tmp_path / "out"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "jobs/score.py"), "--config", str(ROOT / "configs/score/default.yaml"),
-           f"model={tiny_export}", f"input={inp}", f"output={out}", "block_rows=8"]
-    killed = subprocess.run(cmd + ["fail_after_shards=3"], env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, str(ROOT / "tests/faults.py"), "kill-scoring-after", "3", "--config",
+           str(ROOT / "configs/score/default.yaml"), f"model={tiny_export}", f"input={inp}", f"output={out}", "block_rows=8"]
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert not os.path.exists(out / "_SUCCESS.json")  # a dead job leaves nothing that looks complete
     partial = pd.read_parquet(out / "rewards")

@@ -102,6 +102,7 @@ def gsm8k_small(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("task", ["orm", "prm"])
 def test_token_rm_trains_evaluates_and_exports(ray_cluster, tmp_path, gsm8k_small, task):

@@ -1,0 +1,206 @@
+"""The training job on the driver: read and check the data, tokenise it with Ray Data, run the `TorchTrainer` whose
+workers run `rayrm.train.ray_train.train_func`, and copy the final checkpoint out as `<output_dir>/final`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+from rayrm.config import TrainConfig
+from rayrm.errors import UserError
+from rayrm.export import ExportMeta
+from rayrm.progress import say
+
+
+def log(msg: str) -> None:
+    say(msg)
+
+
+# ---------------------------------------------------------------- driver side
+def _pad_to_multiple(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Give every row weight 1, then append weight-0 copies so len % k == 0.
+
+    Ray Train splits with `equal=True`, which would otherwise drop the remainder; filler rows keep every
+    real row and are masked out of losses and metrics.
+    """
+    out = [{**r, "weight": 1.0} for r in rows]
+    i = 0
+    while len(out) % k:
+        out.append({**rows[i % len(rows)], "weight": 0.0})
+        i += 1
+    return out
+
+
+def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read, validate, render and split the preference data; tokenise it with Ray Data.
+
+    Returns ({"train": ds, "eval": ds}, facts) where facts has row counts, skipped and truncated rows.
+    """
+    import ray.data
+
+    from rayrm.data import GroupTokenizer, read_preferences, read_rows, render_group, split_rows
+    from rayrm.losses import PAIRWISE_LOSSES
+    from rayrm.model import load_tokenizer
+    from rayrm.token_tasks import TokenTaskTokenizer, validate_outcome_row, validate_process_row
+
+    d = cfg.data
+    need_margin = cfg.train.loss == "margin"
+    ratings = tuple(d.rating_fields) if d.rating_fields else None
+    max_k = 2 if cfg.train.loss in PAIRWISE_LOSSES else None
+
+    def read(path: str) -> Any:
+        if cfg.task == "reward":
+            return read_preferences(path, d.split, d.on_bad_row, need_margin, ratings, max_k)
+        return read_rows(path, validate_outcome_row if cfg.task == "orm" else validate_process_row, d.split, d.on_bad_row)
+
+    rows, report = read(d.path)
+    if d.max_pairs:
+        rows = rows[: d.max_pairs]
+    if d.eval_path:
+        eval_rows, ev_report = read(d.eval_path)
+        report.skipped += ev_report.skipped
+        train_rows = rows
+    else:
+        train_rows, eval_rows = split_rows(rows, d.eval_fraction, d.seed)
+    if report.skipped:
+        log(f"skipped {report.skipped} bad rows (data.on_bad_row=skip); first: {report.errors[:3]}")
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    world = cfg.scaling.num_workers
+    keys = ("prompt", "completions") + (("margin",) if need_margin else ())
+    tok_name = _abs_if_local(cfg.tokenizer or cfg.model)
+    if cfg.task == "reward":
+        fn, kwargs = GroupTokenizer, {"tokenizer_name": tok_name, "max_length": d.max_length,
+                                      "trust_remote_code": cfg.trust_remote_code}
+    else:
+        fn, kwargs = TokenTaskTokenizer, {"task": cfg.task, "tokenizer_name": tok_name, "max_length": d.max_length,
+                                          "separator": d.step_separator, "trust_remote_code": cfg.trust_remote_code}
+
+    def to_ds(part: list[dict[str, Any]]) -> Any:
+        if cfg.task == "reward":  # render on the driver: chat templates, implicit prompts
+            part = [{k: v for k, v in render_group(r, tok).items() if k in keys} for r in part]
+        ds = ray.data.from_items(_pad_to_multiple(part, world))
+        ds.context.execution_options.preserve_order = True  # same rows in the same order: a seed gives one model
+        ds = ds.map_batches(fn, fn_constructor_kwargs=kwargs, batch_size=256,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0.5)
+        return ds.materialize()
+
+    datasets = {"train": to_ds(train_rows), "eval": to_ds(eval_rows)}
+    # read the materialised column (Dataset.sum would plan an aggregation with its own shuffle, seconds per call)
+    trunc = {k: sum(int(b["truncated"].sum()) for b in ds.select_columns(["truncated"]).iter_batches(batch_size=None))
+             for k, ds in datasets.items()}
+    facts = {
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
+        "skipped_rows": report.skipped,
+        "truncated_train": trunc["train"],
+        "truncated_eval": trunc["eval"],
+    }
+    log(f"data: {facts['train_pairs']:,} train / {facts['eval_pairs']:,} held-out rows; truncated to "
+        f"data.max_length={d.max_length}: {facts['truncated_train']:,} train, {facts['truncated_eval']:,} held-out; "
+        f"skipped {facts['skipped_rows']:,}")
+    return datasets, facts
+
+
+def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = None) -> dict[str, Any]:
+    """The training job: returns the final metrics and writes the export to <output_dir>/final.
+
+    `on_checkpoint(step=, rank=, world=, output_dir=)`, when given, runs on every worker after each periodic
+    checkpoint (it is pickled to the workers): a place to observe the run or, in tests, to fail a worker."""
+    import shutil
+
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # rank-0 `[rayrm]` lines report progress
+    output_dir = os.path.abspath(cfg.output_dir)
+    datasets, facts = prepare_datasets(cfg)
+    world = cfg.scaling.num_workers
+    rows_per_worker = (facts["train_pairs"] + world - 1) // world
+    micro_steps = math.ceil(rows_per_worker / cfg.train.micro_batch_size)
+    # DeepSpeed counts micro-steps across epochs; a trailing partial accumulation is not stepped
+    total_steps = max(1, cfg.train.epochs * micro_steps // cfg.train.gradient_accumulation_steps)
+    # workers get the typed config with absolute paths (they run in another working directory)
+    worker_cfg = cfg.model_copy(update={"output_dir": output_dir, "model": _abs_if_local(cfg.model),
+                                        "tokenizer": _abs_if_local(cfg.tokenizer) if cfg.tokenizer else None})
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    _guard_run_dir(os.path.join(cfg.storage_path or os.path.join(output_dir, "ray"), cfg.name),
+                   {**worker_cfg.model_dump(), "total_steps": total_steps})
+    from rayrm.progress import Board
+    from rayrm.train.ray_train import train_func
+
+    board = Board.start()  # rank 0's progress lines, printed here once
+    run = {"cfg": worker_cfg, "total_steps": total_steps, "progress": board.handle, "on_checkpoint": on_checkpoint}
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # each worker's shard in the same order on every run (reproducible training)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=run,
+        scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path or os.path.join(output_dir, "ray"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    log(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision})")
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    finally:
+        board.close()
+    wall = time.time() - t0
+    if result.error:
+        raise result.error
+    final = os.path.join(output_dir, "final")
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    result.checkpoint.to_directory(final)
+    metrics = {k: v for k, v in result.metrics.items() if k != "final"}
+    metrics.update(facts)
+    metrics["wall_s"] = wall
+    meta = ExportMeta.read(final)
+    meta.data = {k: int(v) for k, v in facts.items()}
+    meta.wall_s = wall
+    meta.write(final)
+    return metrics
+
+
+def _guard_run_dir(run_dir: str, loop_config: dict[str, Any]) -> None:
+    """Ray Train resumes any run found at storage_path/name. Allow that only for the same config (a rerun after a
+    crash); a different config there would silently continue someone else's checkpoint, so refuse it."""
+    if "://" in run_dir:
+        return  # remote storage: left to the user
+    keep = {k: v for k, v in loop_config.items() if k not in ("train", "output_dir", "storage_path")}
+    keep["train"] = {k: v for k, v in loop_config["train"].items() if k not in ("max_failures", "log_every")}
+    fingerprint = json.dumps(keep, sort_keys=True, default=str)
+    path = os.path.join(run_dir, "rayrm_run_config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() != fingerprint:
+                raise UserError(
+                    f"{run_dir} holds a Ray Train run with a different config, which Ray would resume from; "
+                    "choose another `name` or `output_dir`/`storage_path`, or delete that directory"
+                )
+        log(f"resuming the run in {run_dir} (same config)")
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(fingerprint)
+
+
+def _abs_if_local(name: str) -> str:
+    return os.path.abspath(name) if os.path.exists(name) else name

@@ -1,0 +1,176 @@
+"""What one training worker builds, without Ray: the model and its DeepSpeed engine, the loss of a micro-batch for
+each task, and the micro-batches themselves (length-grouped buffers, collated).
+
+The Ray Train adapter (`rayrm.train.ray_train`) and a plain process (tests, profiling) use the same functions, so
+the loop they drive computes the same thing in both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from rayrm.config import TrainConfig
+
+DEFAULT_AGGREGATE = {"orm": "mean", "prm": "min"}
+
+
+class TokenModule(torch.nn.Module):
+    """Wraps an HF token classifier (ORM/PRM) so the engine's forward is its logits: (b, s) -> (b, s[, C])."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+
+class RewardModule(torch.nn.Module):
+    """Wraps the HF classifier so the DeepSpeed engine's forward is the reward read-out: (b, s) -> (b,)."""
+
+    def __init__(self, model: torch.nn.Module, max_chunks: int = 1):
+        super().__init__()
+        self.model = model
+        self.max_chunks = max_chunks  # forwards per batch, rows grouped by length (rayrm.model.chunked_rewards)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from rayrm.model import chunked_rewards
+
+        return chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """DeepSpeed JSON config of a training config."""
+    ds, tr = cfg.deepspeed, cfg.train
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds.offload_optimizer and ds.zero_stage >= 2:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+        "gradient_accumulation_steps": tr.gradient_accumulation_steps,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "zero_force_ds_cpu_optimizer": False,  # our torch AdamW also runs with CPU offload (DeepSpeedCPUAdam needs a build)
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
+    """Tokenizer + model wrapped in a DeepSpeed engine with AdamW and linear warmup/decay -> (engine, tokenizer).
+
+    Needs an initialised torch.distributed process group (Ray Train sets one up; a plain process can init gloo)."""
+    import deepspeed
+
+    from rayrm.model import disable_dropout, is_decoder, load_reward_model, load_token_model, load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code, cfg.padding_side)
+    if cfg.task == "reward":
+        model = load_reward_model(cfg.model, tok, cfg.trust_remote_code, seed=cfg.train.seed)
+        # ZeRO-3 gathers parameters in every forward, so every rank must run the same number: one per batch there
+        chunks = 1 if cfg.deepspeed.zero_stage == 3 else cfg.train.forward_chunks
+        module: torch.nn.Module = RewardModule(model, chunks)
+        if not is_decoder(model):
+            tok.padding_side = "right"  # encoder poolers read position 0
+    else:  # token-level heads: right padding, so causal decoders need no position fix-up
+        model = load_token_model(cfg.model, tok, 1 if cfg.task == "orm" else 3, cfg.trust_remote_code,
+                                 seed=cfg.train.seed)
+        module = TokenModule(model)
+        tok.padding_side = "right"
+    if cfg.train.disable_dropout:
+        disable_dropout(model)
+    o = cfg.optim
+    gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
+    if gpu:
+        from rayrm.model import fast_gpu_attention
+
+        fast_gpu_attention()
+    # fused AdamW on GPU: one kernel for all tensors (the for-each path is a large share of a small model's step)
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                            fused=gpu or None)
+    warmup = max(1, int(total_steps * o.warmup_ratio))
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(cfg),
+                                      dist_init_required=False)
+    return engine, tok
+
+
+# ---------------------------------------------------------------- the loss of one micro-batch, per task
+def device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def group_scores(engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One forward over every completion of every group -> scores (g, K) in fp32, best first (0 where masked)."""
+    r = engine(batch["input_ids"], batch["attention_mask"]).float()  # (n_seq,)
+    return r[batch["index"].clamp(min=0)] * batch["group_mask"]
+
+
+StepLoss = Callable[[Any, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def step_loss_for(cfg: TrainConfig) -> StepLoss:
+    """(engine, batch, weight (g,)) -> the micro-batch's loss, for the config's task (looked up once, not per step)."""
+    from rayrm.losses import LOSSES, centering_penalty, step_ce_loss, token_bce_loss
+
+    if cfg.task == "orm":
+        return lambda engine, b, w: token_bce_loss(engine(b["input_ids"], b["attention_mask"]), b["labels"], w)
+    if cfg.task == "prm":
+        return lambda engine, b, w: step_ce_loss(engine(b["input_ids"], b["attention_mask"]), b["labels"], w)
+    group_loss, center = LOSSES[cfg.train.loss], cfg.train.center_coef
+
+    def reward_loss(engine: Any, b: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+        scores = group_scores(engine, b)  # (g, K) best first
+        loss = group_loss(scores, b["group_mask"], w, b["margin"])
+        if center:
+            loss = loss + centering_penalty(scores[:, 0], scores[:, 1], center, w)
+        return loss
+
+    return reward_loss
+
+
+# ---------------------------------------------------------------- micro-batches
+def collate(task: str, b: dict[str, Any], tok: Any) -> dict[str, torch.Tensor]:
+    """Tokenised rows (a Ray Data numpy batch) -> the forward batch of the task."""
+    from rayrm.data import collate_groups
+    from rayrm.token_tasks import collate_tokens
+
+    if task == "reward":
+        return collate_groups(b, tok.pad_token_id, tok.padding_side)
+    return collate_tokens(b, tok.pad_token_id)
+
+
+def micro_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any, epoch: int,
+                  device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Buffers of `train.length_group_batches` micro-batches of tokenised rows -> (batch on device, row weights (g,)),
+    length-grouped inside each buffer and in a seeded order per epoch."""
+    from rayrm.batching import length_grouped
+
+    tr = cfg.train
+    for b in length_grouped(iter(buffers), tr.micro_batch_size, tr.seed + epoch, tr.group_by_length):
+        weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
+        yield device_batch(collate(cfg.task, b, tok), device), weight
+
+
+def eval_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any) -> list[dict[str, torch.Tensor]]:
+    """A rank's held-out rows as length-grouped batches of `train.eval_batch_size`, in memory (re-used each eval)."""
+    from rayrm.batching import length_grouped
+
+    out = []
+    for b in length_grouped(iter(buffers), cfg.train.eval_batch_size, 0):
+        batch = collate(cfg.task, b, tok)
+        batch["weight"] = torch.tensor(b["weight"], dtype=torch.float32)
+        out.append(batch)
+    return out

@@ -1,0 +1,128 @@
+"""The per-worker training loop without Ray: it trains the tiny model in this process (a one-rank gloo group, no Ray),
+and with the same seed gives the loss curve the Ray Train job gives with one worker."""
+
+import glob
+import math
+import os
+import socket
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MINILM, TINY_QWEN3
+from rayrm.config import TrainConfig, load_config
+from rayrm.data import GroupTokenizer, read_preferences, render_group, split_rows
+from rayrm.model import load_tokenizer
+from rayrm.train.engine import micro_batches, setup_engine, step_loss_for
+from rayrm.train.loop import LoopStats, new_state, train_epochs
+
+STEPS = 10
+
+
+def _cfg(tmp_path, data_path) -> TrainConfig:
+    return load_config(None, [
+        f"name=loop{os.getpid()}", f"output_dir={tmp_path}", f"model={TINY_QWEN3}", f"tokenizer={MINILM}",
+        f"data.path={data_path}", "data.max_length=64", "data.eval_fraction=0.125", "train.micro_batch_size=4",
+        "train.eval_batch_size=4", "optim.lr=1e-3", "train.log_every=1", "scaling.num_workers=1",
+    ], TrainConfig)
+
+
+def _plain_buffers(cfg: TrainConfig) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The training rows tokenised and cut into sorting buffers as the job's one Ray Train worker receives them
+    (same split, rendering, tokenizer and buffer size), built here without Ray Data. -> (buffers, train rows)."""
+    rows, _ = read_preferences(cfg.data.path)
+    train_rows, _ = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)
+    tok = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    rendered = [{k: v for k, v in render_group(r, tok).items() if k in ("prompt", "completions")} for r in train_rows]
+    out = GroupTokenizer(cfg.tokenizer, cfg.data.max_length)(
+        {"prompt": np.array([r["prompt"] for r in rendered], dtype=object),
+         "completions": np.array([r["completions"] for r in rendered], dtype=object),
+         "weight": np.ones(len(rendered), np.float32)})
+    cols = {k: (np.array(v, dtype=object) if k == "ids" else np.asarray(v)) for k, v in out.items()}
+    size = cfg.train.micro_batch_size * cfg.train.length_group_batches
+    return [{k: v[i: i + size] for k, v in cols.items()} for i in range(0, len(rendered), size)], len(rendered)
+
+
+def _one_rank_group() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"})
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+
+
+def _scalars(logdir: str, tag: str) -> dict[int, float]:
+    """Scalars of one tag from TensorBoard event files (TFRecord: length, crc, Event proto, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents*"))):
+        data, i = open(path, "rb").read(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i: i + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(data[i + 12: i + 12 + n])
+            i += 12 + n + 4
+            out.update({ev.step: v.simple_value for v in ev.summary.value if v.tag == tag})
+    return out
+
+
+def _plain_curve(cfg: TrainConfig) -> tuple[list[float], LoopStats, dict, tuple[float, float]]:
+    """Train in a fresh plain process (no Ray; a one-rank gloo group, which DeepSpeed keeps for the life of its
+    process) -> (loss per step, stats, final state, (training-set loss before, after))."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_train_here, cfg).result(timeout=600)
+
+
+def _train_here(cfg: TrainConfig) -> tuple[list[float], LoopStats, dict, tuple[float, float]]:
+    buffers, n_train = _plain_buffers(cfg)
+    total = math.ceil(n_train / cfg.train.micro_batch_size)  # as the driver computes it for one worker
+    _one_rank_group()
+    try:
+        engine, tok = setup_engine(cfg, total)
+        loss = step_loss_for(cfg)
+
+        def train_set_loss() -> float:
+            with torch.no_grad():
+                return float(np.mean([loss(engine, b, w).item() for b, w in micro_batches(buffers, cfg, tok, 0,
+                                                                                           engine.device)]))
+
+        before = train_set_loss()
+        curve: list[float] = []
+        state = new_state()
+        stats = train_epochs(engine, lambda epoch: micro_batches(buffers, cfg, tok, epoch, engine.device), loss,
+                             state, cfg.train.epochs, after_step=lambda step, st: curve.append(st.losses[-1]))
+        after = train_set_loss()
+    finally:
+        torch.distributed.destroy_process_group()
+    return curve, stats, state, (before, after)
+
+
+def test_loop_trains_in_a_plain_process(tmp_path, hh_small):
+    cfg = _cfg(tmp_path, hh_small)
+    curve, stats, state, (before, after) = _plain_curve(cfg)
+    assert state["step"] == len(curve) == len(stats.losses) >= STEPS  # one micro-batch per optimizer step
+    assert state["epoch"] == 1 and state["micro_step"] == 0
+    assert sum(stats.sizes) == stats.rows == 84  # every training pair once (96 pairs, 12 held out)
+    assert abs(sum(stats.shares().values()) - 1) < 1e-9 and stats.phase["backward"] > 0
+    assert math.isclose(curve[0], math.log(2), abs_tol=0.05)  # a fresh head: r_c ~ r_r
+    assert after < before - 0.01, (before, after)  # it learned the pairs it saw
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_same_loss_curve_through_ray_train_with_one_worker(ray_cluster, tmp_path, hh_small):
+    from rayrm.train import run_training
+
+    cfg = _cfg(tmp_path / "ray", hh_small)
+    m = run_training(cfg)
+    ray_curve = _scalars(os.path.join(tmp_path, "ray", "tensorboard", cfg.name), "train/loss")
+    plain, _, _, _ = _plain_curve(_cfg(tmp_path / "plain", hh_small))
+    assert m["step"] == len(plain) and sorted(ray_curve) == list(range(1, len(plain) + 1))
+    np.testing.assert_allclose([ray_curve[s] for s in range(1, STEPS + 1)], plain[:STEPS], rtol=0, atol=1e-4)
