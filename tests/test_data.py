@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import MINILM, TINY_QWEN3
+from conftest import MINILM
 from rayrm.data import (
     BadRowError,
     GroupTokenizer,

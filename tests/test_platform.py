@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,6 +196,9 @@ def ray_head(num_cpus: int = 2, timeout_s: float = 300, attempts: int = 2) -> It
 @pytest.mark.slow
 @pytest.mark.integration
 def test_ray_job_submit_trains_and_exports(tmp_path):
+    """The training job submitted to a `ray start` cluster; what the user reads is the job's output as `ray job
+    submit` tails it: each progress line once, no Ray worker logs or Ray Data notices, and a closing summary with
+    the export and the score/serve commands for it."""
     out = tmp_path / "out"
     sub_id = f"rayrm-ci-{os.getpid()}-{int(time.time())}"
     with ray_head() as head:
@@ -202,7 +206,7 @@ def test_ray_job_submit_trains_and_exports(tmp_path):
                "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
                "--", sys.executable, "jobs/train.py", "--config", "configs/train/default.yaml",
                f"name=ci-{sub_id}", f"output_dir={out}", f"data.path={HH}", "data.max_pairs=64",
-               "data.max_length=64", "scaling.num_workers=1", "train.eval_every=0", "train.checkpoint_every=0",
+               "data.max_length=64", "scaling.num_workers=1", "train.eval_every=2", "train.checkpoint_every=0",
                "train.log_every=1"]
         r = subprocess.run(cmd, cwd=ROOT, env=head["env"], capture_output=True, text=True, timeout=1200)
         info = _get(f"{head['address']}/api/jobs/{sub_id}", head["token"])
@@ -211,7 +215,20 @@ def test_ray_job_submit_trains_and_exports(tmp_path):
     meta = json.loads((out / "final" / "rayrm.json").read_text())
     assert meta["data"]["train_pairs"] + meta["data"]["eval_pairs"] == 64
     assert (out / "final" / "model.safetensors").exists()
-    assert "export: " in r.stdout and "rayrm score --config" in r.stdout  # the job's summary came back through `ray job submit`
+    lines = r.stdout.splitlines()
+    steps = [ln for ln in lines if re.match(r"\[rayrm\] step \d+/\d+ loss", ln)]
+    total = int(re.search(r"step \d+/(\d+)", steps[0]).group(1))
+    assert len(steps) == total == len(set(steps)) == meta["metrics"]["step"], steps  # every step exactly once
+    assert all(" pairs/s ETA " in ln for ln in steps)
+    assert sum(ln.startswith("[rayrm] step 2 held-out") for ln in lines) == 1
+    noise = [ln for ln in lines + r.stderr.splitlines() if "(RayTrainWorker" in ln or "(TrainController" in ln
+             or "(SplitCoordinator" in ln or "Starting execution of Dataset" in ln or "core_worker.cc" in ln]
+    assert not noise, noise[:5]
+    export = out / "final"
+    assert f"export: {export}" in r.stdout and re.search(r"held-out \(\d+ rows\): .*accuracy", r.stdout)
+    assert f"rayrm score --config configs/score/default.yaml model={export} " in r.stdout
+    assert f"rayrm serve --config configs/serve/default.yaml model={export}" in r.stdout
+    assert f"accuracy {meta['metrics']['eval_accuracy']:.4g}" in r.stdout  # the summary shows the exported metrics
 
 
 # ---------------------------------------------------------------- node loss (multi-node cluster in a subprocess)

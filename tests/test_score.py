@@ -17,7 +17,7 @@ from conftest import ROOT
 from rayrm.config import ScoreConfig, load_config
 from rayrm.infer import RewardScorer
 from rayrm.model import read_meta
-from rayrm.score import BadRolloutError, _write_best_of_n, best_of_n_block, list_input_files, run_scoring
+from rayrm.score import _write_best_of_n, best_of_n_block, list_input_files, run_scoring
 
 
 def _cfg(export, inp, out, *overrides) -> ScoreConfig:
