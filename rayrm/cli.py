@@ -216,7 +216,10 @@ def _run_score(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def _run_serve(cfg: Any, args: argparse.Namespace) -> int:
-    from rayrm.serve import run_server
+    from rayrm.serve import run_server  # imports ray.serve, which sets its own logger to INFO
+
+    if not args.verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     run_server(cfg, verbose=args.verbose)
     return 0
@@ -302,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args, overrides = parse(argv)
+    if not args.verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' weight-loading bars (read at import)
     from rayrm.config import load_config, to_dict
 
     try:
