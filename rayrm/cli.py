@@ -166,8 +166,7 @@ def init_ray(verbose: bool) -> None:
         for h in logging.getLogger("ray.data").handlers:
             if "File" not in type(h).__name__:
                 h.setLevel(logging.CRITICAL)
-        for name in ("ray.serve", "ray.train"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # ray.serve resets its own level on import: _run_serve
 
 
 # ---------------------------------------------------------------- the jobs

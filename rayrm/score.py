@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from rayrm.config import ScoreConfig
 from rayrm.errors import InputNotFoundError, UserError
-from rayrm.progress import Counter
+from rayrm.progress import Counter, say
 
 SHARDS = "rewards"
 BEST = "best_of_n"
@@ -47,7 +47,7 @@ class BadRolloutError(UserError, ValueError):
 
 
 def log(msg: str) -> None:
-    print(f"[rayrm.score] {msg}", flush=True)
+    say(msg, "rayrm.score")
 
 
 # ---------------------------------------------------------------- filesystem helpers
@@ -530,10 +530,11 @@ def run_scoring(cfg: ScoreConfig, before_write: Callable[[str], None] | None = N
     progress = Counter("scored", "rows", max(0, n_input - len(done)), prefix="rayrm.score")
     log(f"scoring {progress.total:,} rows of {len(files)} file(s) with {cfg.num_actors} actor(s) -> {cfg.output}")
     for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for k in ("rows", "tokens", "truncated", "bad"):
-            tot[k] += int(pc.sum(b[k]).as_py() or 0)
+        counts = {k: int(pc.sum(b[k]).as_py() or 0) for k in ("rows", "tokens", "truncated", "bad")}
+        for k, v in counts.items():
+            tot[k] += v
         tot["shards"] += b.num_rows
-        progress.add(int(pc.sum(b["rows"]).as_py() or 0))
+        progress.add(counts["rows"])
     wall = time.time() - t0
     progress.add(0, force=True)
 

@@ -16,10 +16,6 @@ from rayrm.export import ExportMeta
 from rayrm.progress import say
 
 
-def log(msg: str) -> None:
-    say(msg)
-
-
 # ---------------------------------------------------------------- driver side
 def _pad_to_multiple(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """Give every row weight 1, then append weight-0 copies so len % k == 0.
@@ -67,7 +63,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     else:
         train_rows, eval_rows = split_rows(rows, d.eval_fraction, d.seed)
     if report.skipped:
-        log(f"skipped {report.skipped} bad rows (data.on_bad_row=skip); first: {report.errors[:3]}")
+        say(f"skipped {report.skipped} bad rows (data.on_bad_row=skip); first: {report.errors[:3]}")
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     world = cfg.scaling.num_workers
     keys = ("prompt", "completions") + (("margin",) if need_margin else ())
@@ -99,7 +95,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "truncated_train": trunc["train"],
         "truncated_eval": trunc["eval"],
     }
-    log(f"data: {facts['train_pairs']:,} train / {facts['eval_pairs']:,} held-out rows; truncated to "
+    say(f"data: {facts['train_pairs']:,} train / {facts['eval_pairs']:,} held-out rows; truncated to "
         f"data.max_length={d.max_length}: {facts['truncated_train']:,} train, {facts['truncated_eval']:,} held-out; "
         f"skipped {facts['skipped_rows']:,}")
     return datasets, facts
@@ -156,7 +152,7 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    log(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision})")
+    say(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision})")
     t0 = time.time()
     try:
         result = trainer.fit()
@@ -195,7 +191,7 @@ def _guard_run_dir(run_dir: str, loop_config: dict[str, Any]) -> None:
                     f"{run_dir} holds a Ray Train run with a different config, which Ray would resume from; "
                     "choose another `name` or `output_dir`/`storage_path`, or delete that directory"
                 )
-        log(f"resuming the run in {run_dir} (same config)")
+        say(f"resuming the run in {run_dir} (same config)")
         return
     os.makedirs(run_dir, exist_ok=True)
     with open(path, "w") as f:
