@@ -217,6 +217,10 @@ class ServeConfig(Section):
     auth_token_env: str | None = F(None, "env var holding a bearer token; set -> every route but /healthz needs it",
                                    pattern=r"\S")
     openrlhf_normalized: bool = F(False, "POST /get_reward answers normalised rewards (OpenRLHF's --normalize_reward)")
+    max_body_bytes: int = F(16 * 2**20, "a request body over this many bytes gets 413 before it is read", ge=1024)
+    served_model_name: str | None = F(None, "the name /v1/models and /classify answer with; set -> a request naming "
+                                            "another model gets 404 (vLLM's --served-model-name); null -> the export "
+                                            "path, any name accepted", min_length=1)
     gil_switch_interval_s: float | None = F(0.001, "replica's sys.setswitchinterval; null keeps Python's 5 ms", gt=0)
 
     @model_validator(mode="after")

@@ -6,9 +6,12 @@ No Ray and no FastAPI here, so a client (`rayrm.client`) imports these types wit
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence, Union
+import time
+import uuid
+from typing import Annotated, Any, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
+                      model_validator)
 
 
 # ---------------------------------------------------------------- request / response bodies
@@ -32,6 +35,9 @@ class RewardRequest(BaseModel):
     completions: list[Text] = Field(min_length=1, description="completion per row, of the same kind as its prompt")
     groups: list[StrictInt | StrictStr] | None = Field(
         None, description="group id per row (e.g. the prompt's index); rewards are then also whitened per group")
+    return_probs: StrictBool = Field(
+        False, description="outcome/process RM exports: also answer each row's per-token (ORM: every completion "
+                           "token) or per-step (PRM: each step's last token) probability of being correct")
 
     @model_validator(mode="after")
     def _rows_pair_up(self) -> RewardRequest:
@@ -58,6 +64,8 @@ class RewardResponse(BaseModel):
                                                      "0 for a group whose rewards are all equal")
     truncated: list[bool] = Field(description="row lost tokens to the model's max_length (prompt from the left first)")
     model: str = Field(description="the export that produced the rewards")
+    probs: list[list[float]] | None = Field(None, description="with return_probs: per-token (ORM) or per-step (PRM) "
+                                                              "probabilities per row; the reward is their aggregate")
 
 
 class PreferenceRequest(BaseModel):
@@ -98,6 +106,117 @@ class OpenRLHFResponse(BaseModel):
     extra_logs: dict[str, list[float]]
 
 
+# ---------------------------------------------------------------- vLLM's pooling API (/classify, /pooling, /v1/models)
+# Field names follow vllm/entrypoints/pooling/{classify,pooling}/protocol.py and openai/engine/protocol.py (vLLM
+# 0.10-0.13). Like vLLM's OpenAIBaseModel, unknown fields are accepted and ignored (chat_template_kwargs,
+# mm_processor_kwargs, cache_salt, ...), so a client written for vLLM works unchanged.
+class ClassifyRequest(BaseModel):
+    """POST /classify: vLLM's ClassificationRequest, completion form (`input`) or chat form (`messages`).
+
+    Each text is scored whole, as training scores prompt "" + completion (over max_length its start is cut). A chat
+    is scored as prompt = all turns but the last, completion = the last (an assistant turn), through the chat template.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = Field(None, description="served model name; checked when the server sets served_model_name")
+    input: StrictStr | list[StrictStr] | None = Field(None, description="text, or one text per row")
+    messages: Conversation | None = Field(None, description="one chat, ending with the assistant turn to score")
+    use_activation: StrictBool | None = Field(None, description="true (default): sigmoid(reward); false: raw reward")
+    activation: StrictBool | None = Field(None, description="vLLM <= 0.11 spelling of use_activation (verl sends it)")
+    softmax: StrictBool | None = Field(None, description="older deprecated spelling of use_activation")
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None, ge=-1, description="-1, null or >= the model's max_length: texts are cut to max_length from the start")
+    user: str | None = None
+    priority: int = 0
+    request_id: str | None = None
+    add_special_tokens: bool | None = Field(None, description="ignored: the export's training layout is always used")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ClassifyRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'input' (a text or a list of texts) and 'messages' (a chat)")
+        if isinstance(self.input, list) and not self.input:
+            raise ValueError("'input' is an empty list")
+        if self.messages is not None and (len(self.messages) < 2 or self.messages[-1].role != "assistant"):
+            raise ValueError("'messages' must hold the conversation and end with the assistant turn to score")
+        return self
+
+    def activated(self) -> bool:
+        """use_activation, else the older spellings in vLLM's order, else vLLM's default for classify: true."""
+        for v in (self.use_activation, self.activation, self.softmax):
+            if v is not None:
+                return v
+        return True
+
+
+class PoolingRequest(ClassifyRequest):
+    """POST /pooling: vLLM's PoolingRequest for the tasks a reward model has."""
+
+    task: Literal["classify", "token_classify"] | None = Field(
+        None, description="classify: the reward per text; token_classify (outcome/process RMs): per-token or per-step "
+                          "probabilities; null: classify for a scalar RM, token_classify otherwise")
+    encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int | None = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str | None
+    probs: list[float] = Field(description="[reward]: raw, or sigmoid(reward) with use_activation")
+    num_classes: int
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ClassificationResponse(BaseModel):
+    id: str = Field(default_factory=lambda: _new_id("classify"))
+    object: str = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ClassificationData]
+    usage: UsageInfo
+
+
+class PoolingResponseData(BaseModel):
+    index: int
+    object: str = "pooling"
+    data: list[list[float]] | list[float] | str = Field(
+        description="classify: [reward]; token_classify: [[p], ...] per completion token (ORM) or step (PRM)")
+
+
+class PoolingResponse(BaseModel):
+    id: str = Field(default_factory=lambda: _new_id("pool"))
+    object: str = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[PoolingResponseData]
+    usage: UsageInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "rayrm"
+    root: str | None = None
+    parent: str | None = None
+    max_model_len: int | None = None
+    permission: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
 class ModelInfo(BaseModel):
     model: str
     meta: dict[str, Any] = Field(description="rayrm.json: base model, max_length, reward stats, training metrics")
@@ -108,14 +227,30 @@ class ModelInfo(BaseModel):
 
 
 class BadRequest(ValueError):
-    """A request that fails validation. `errors` are FastAPI-style {loc, msg, type} dicts; HTTP answers 422."""
+    """A request that fails validation. `errors` are FastAPI-style {loc, msg, type} dicts; HTTP answers 422
+    (vLLM's routes: 400, or `status` where set, e.g. 404 for an unknown model name, in vLLM's error body)."""
 
-    def __init__(self, errors: list[dict[str, Any]]):
+    def __init__(self, errors: list[dict[str, Any]], status: int | None = None):
         self.errors = errors
-        super().__init__("; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in errors))
+        self.status = status
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        return "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in self.errors)
 
     def __reduce__(self) -> tuple[Any, ...]:  # survives the trip back to a handle caller
-        return (BadRequest, (self.errors,))
+        return (BadRequest, (self.errors, self.status))
+
+
+def bad_field(field: str, msg: str, status: int | None = None) -> BadRequest:
+    """A BadRequest about one body field."""
+    return BadRequest([{"loc": ["body", field], "type": "value_error", "msg": msg}], status)
+
+
+def vllm_error(message: str, status: int, param: str | None = None) -> dict[str, Any]:
+    """vLLM's ErrorResponse body (vLLM >= 0.10): {"error": {message, type, param, code}}."""
+    kind = {400: "BadRequestError", 404: "NotFoundError", 413: "RequestEntityTooLarge"}.get(status, "Error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
 def _loc(loc: Sequence[Any]) -> str:

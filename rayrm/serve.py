@@ -11,7 +11,13 @@ offline scoring, so a served reward equals `jobs/score.py`'s reward for the same
                            "whitened": within each group (zero-std guard) or null, "truncated": [...], "model": ...}
     POST /v1/preferences {"prompts": [...], "completions_a": [...], "completions_b": [...]}
                        -> {"p_a_better": calibrated sigmoid((r_a - r_b) / T), T from rayrm.json, "rewards_a", ...}
-    POST /get_reward   OpenRLHF's remote reward protocol: {"query": [prompt+response texts]} -> {"rewards": [...]}
+    POST /get_reward   OpenRLHF's remote reward protocol: {"query": [texts], "prompts"?, "labels"?}
+                       -> {"rewards", "scores", "extra_logs"}
+    POST /classify     vLLM's pooling API (verl's reward loop): {"input": text | [texts] | "messages": chat,
+                       "use_activation": false} -> {"id": "classify-...", "data": [{"probs": [reward]}], "usage"}
+    POST /pooling      vLLM's pooling API: task classify, or token_classify (outcome/process RMs: per-token or per-step
+                       probabilities)
+    GET  /v1/models    vLLM's/OpenAI's model list
     GET  /v1/model     checkpoint metadata (rayrm.json), serving settings, this replica's counters
     GET  /healthz      liveness; the only route open without the bearer token
     GET  /docs, /openapi.json
@@ -20,7 +26,11 @@ Batching: a request's rows are tokenised on arrival and enter one `@serve.batch`
 many requests (one rollout each, or a GRPO group each) share a forward. A batch closes at `max_batch_size` rows, at
 `token_budget` tokens, or `batch_wait_timeout_s` after its first row; `RewardScorer` sorts it by length and cuts
 forwards of at most `token_budget` padded tokens. A reward does not depend on which rows share its batch.
-Outcome/process RM exports (rayrm.json `task` orm/prm) answer their aggregate probability as the reward.
+Outcome/process RM exports (rayrm.json `task` orm/prm) answer their aggregate probability as the reward, and their
+per-token/per-step probabilities on request (/v1/rewards `return_probs`, /pooling `token_classify`).
+
+A text without a prompt/completion split (/get_reward, /classify, /pooling) is scored as training scores prompt "" +
+completion: over max_length it loses tokens from its start, and the end, where the reward is read, survives.
 
 Ray actors call the deployment through a handle (`handle.score.remote(body)`), with the same validation and batching
 and no HTTP; `rayrm.client.RewardClient` wraps both ways.
@@ -48,18 +58,30 @@ from ray.serve import Application
 from rayrm.config import ServeConfig, build_config
 from rayrm.protocol import (
     BadRequest,
+    ClassificationData,
+    ClassificationResponse,
+    ClassifyRequest,
+    ModelCard,
     ModelInfo,
+    ModelList,
+    PoolingRequest,
+    PoolingResponse,
+    PoolingResponseData,
+    UsageInfo,
     OpenRLHFRequest,
     OpenRLHFResponse,
     PreferenceRequest,
     PreferenceResponse,
     RewardRequest,
     RewardResponse,
+    bad_field,
     check_limits,
     parse,
+    vllm_error,
 )
 
 OPEN_PATHS = ("/healthz",)  # routes that never need the bearer token
+VLLM_PATHS = ("/classify", "/pooling", "/v1/models")  # errors in vLLM's body and status codes
 
 
 def _plain(texts: list[Any]) -> list[Any]:
@@ -120,7 +142,11 @@ class RewardServer:
         auth_token_env: str | None = None,
         openrlhf_normalized: bool = False,
         gil_switch_interval_s: float | None = None,
+        max_body_bytes: int = 16 * 2**20,
+        served_model_name: str | None = None,
     ) -> None:
+        import torch
+
         from rayrm.infer import RewardScorer
 
         if gil_switch_interval_s is not None:
@@ -138,9 +164,15 @@ class RewardServer:
         self.tokens_per_row = token_budget / max_batch_size
         self.max_items, self.max_text_chars = max_items, max_text_chars
         self.openrlhf_normalized = openrlhf_normalized
+        self.max_body_bytes = max_body_bytes
+        self.served_model_name = served_model_name
+        id2label = getattr(self.scorer.model.config, "id2label", None) or {}
+        self.label = str(id2label.get(0, "LABEL_0"))
         self.settings = {"batching": batching, "max_batch_size": max_batch_size, "token_budget": token_budget,
                          "batch_wait_timeout_s": batch_wait_timeout_s, "max_items": max_items,
-                         "max_text_chars": max_text_chars, "auth": self.token is not None, "dtype": dtype,
+                         "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes, "auth": self.token is not None,
+                         "dtype": dtype, "torch_threads": torch.get_num_threads(),
+                         "served_model_name": served_model_name,
                          "gil_switch_interval_s": sys.getswitchinterval()}
         self.rows_scored = self.batches = 0
         self._one_at_a_time = asyncio.Lock()
@@ -149,19 +181,23 @@ class RewardServer:
         self._score_rows.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self, self.token)
+        return make_api(self, self.token, self.max_body_bytes)
 
     # ---- entry points (HTTP routes call these; handles call `score` / `get_reward` directly)
     async def score(self, body: RewardRequest | dict[str, Any]) -> RewardResponse:
         """Rows -> raw, normalised and (with groups) whitened rewards. Raises BadRequest on invalid input."""
         req: RewardRequest = parse(RewardRequest, body)
         check_limits({"prompts": req.prompts, "completions": req.completions}, self.max_items, self.max_text_chars)
+        if req.return_probs and self.scorer.task == "reward":
+            raise bad_field("return_probs", "per-token/per-step probabilities come from outcome or process RM "
+                                            "exports; this export is a scalar reward model")
         tok = await self._tokenize(_plain(req.prompts), _plain(req.completions))
-        raw = await self._rewards(tok.ids, tok.marks)
+        raw, probs = await self._rewards(tok.ids, tok.marks)
         return RewardResponse(
             rewards=raw.tolist(), normalized=self.scorer.normalize(raw).tolist(),
             whitened=None if req.groups is None else whiten_groups(raw, req.groups).tolist(),
             truncated=tok.truncated, model=self.scorer.model_id,
+            probs=[p.tolist() for p in probs] if req.return_probs and probs is not None else None,
         )
 
     async def prefer(self, body: PreferenceRequest | dict[str, Any]) -> PreferenceResponse:
@@ -177,7 +213,7 @@ class RewardServer:
         n = len(req.prompts)
         prompts = _plain(req.prompts)
         tok = await self._tokenize(prompts + prompts, _plain(req.completions_a) + _plain(req.completions_b))
-        raw = await self._rewards(tok.ids, tok.marks)
+        raw, _ = await self._rewards(tok.ids, tok.marks)
         r_a, r_b = raw[:n], raw[n:]
         return PreferenceResponse(p_a_better=self.scorer.preference_probability(r_a, r_b).tolist(),
                                   rewards_a=r_a.tolist(), rewards_b=r_b.tolist(),
@@ -189,9 +225,75 @@ class RewardServer:
         req: OpenRLHFRequest = parse(OpenRLHFRequest, body)
         check_limits({"query": req.query}, self.max_items, self.max_text_chars)
         tok = await self._tokenize([""] * len(req.query), req.query)
-        raw = await self._rewards(tok.ids, tok.marks)
+        raw, _ = await self._rewards(tok.ids, tok.marks)
         r = (self.scorer.normalize(raw) if self.openrlhf_normalized else raw).tolist()
         return OpenRLHFResponse(rewards=r, scores=r, extra_logs={"truncated": [float(t) for t in tok.truncated]})
+
+    async def classify(self, body: ClassifyRequest | dict[str, Any]) -> ClassificationResponse:
+        """vLLM's /classify: per text, probs = [reward] (raw with use_activation false, else its sigmoid; an
+        outcome/process RM answers its aggregate probability either way)."""
+        req: ClassifyRequest = parse(ClassifyRequest, body)
+        raw, _, n_tokens = await self._score_whole(req, want_probs=False)
+        probs = self._activate(raw, req.activated())
+        return ClassificationResponse(
+            model=self._name(), usage=UsageInfo(prompt_tokens=n_tokens, total_tokens=n_tokens),
+            data=[ClassificationData(index=i, label=self.label, probs=[p], num_classes=1) for i, p in enumerate(probs)])
+
+    async def pooling(self, body: PoolingRequest | dict[str, Any]) -> PoolingResponse:
+        """vLLM's /pooling: task classify (as /classify, data = [reward]) or token_classify (outcome/process RMs:
+        data = [[p], ...] per completion token or step)."""
+        import base64
+
+        req: PoolingRequest = parse(PoolingRequest, body)
+        task = req.task or ("classify" if self.scorer.task == "reward" else "token_classify")
+        if task == "token_classify" and self.scorer.task == "reward":
+            raise bad_field("task", "token_classify needs an outcome or process RM export; this export is a scalar "
+                                    "reward model (use task 'classify')")
+        raw, probs, n_tokens = await self._score_whole(req, want_probs=task == "token_classify")
+        if task == "classify":
+            rows: list[Any] = [[p] for p in self._activate(raw, req.activated())]
+        else:
+            rows = [[[float(x)] for x in p] for p in probs]
+        if req.encoding_format == "base64":
+            rows = [base64.b64encode(np.asarray(r, dtype="<f4").tobytes()).decode() for r in rows]
+        return PoolingResponse(
+            model=self._name(), usage=UsageInfo(prompt_tokens=n_tokens, total_tokens=n_tokens),
+            data=[PoolingResponseData(index=i, data=r) for i, r in enumerate(rows)])
+
+    def models(self) -> ModelList:
+        """vLLM's /v1/models: the one model this deployment serves."""
+        return ModelList(data=[ModelCard(id=self._name(), root=self.scorer.model_id,
+                                         max_model_len=self.scorer.max_length)])
+
+    async def _score_whole(self, req: ClassifyRequest, want_probs: bool) -> tuple[np.ndarray, Any, int]:
+        """A vLLM-style request -> (rewards, per-row probabilities or None, tokens scored)."""
+        if self.served_model_name is not None and req.model not in (None, self.served_model_name):
+            raise BadRequest([{"loc": ["body", "model"], "type": "value_error",
+                               "msg": f"The model `{req.model}` does not exist."}], status=404)
+        t = req.truncate_prompt_tokens
+        if t is not None and t != -1 and t < self.scorer.max_length:
+            raise bad_field("truncate_prompt_tokens", f"{t} is below the model's max_length "
+                            f"({self.scorer.max_length}); texts are cut to max_length from their start, as in training")
+        if req.messages is not None:
+            chat = _plain([req.messages])[0]
+            check_limits({"messages": [req.messages]}, self.max_items, self.max_text_chars)
+            prompts, completions = [chat[:-1]], [chat[-1:]]
+        else:
+            texts = [req.input] if isinstance(req.input, str) else list(req.input)
+            check_limits({"input": texts}, self.max_items, self.max_text_chars)
+            prompts, completions = [""] * len(texts), texts
+        tok = await self._tokenize(prompts, completions)
+        raw, probs = await self._rewards(tok.ids, tok.marks)
+        return raw, probs if want_probs else None, sum(len(s) for s in tok.ids)
+
+    def _activate(self, raw: np.ndarray, activation: bool) -> list[float]:
+        """Scalar RM: raw reward, or its sigmoid (vLLM's activation for one class). ORM/PRM: already a probability."""
+        if activation and self.scorer.task == "reward":
+            raw = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
+        return [float(x) for x in raw]
+
+    def _name(self) -> str:
+        return self.served_model_name or self.scorer.model_id
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(model=self.scorer.model_id, meta=self.scorer.meta, settings=self.settings,
@@ -204,23 +306,29 @@ class RewardServer:
         and the event loop keeps accepting requests and filling batches meanwhile."""
         return await asyncio.to_thread(self.scorer.tokenize, prompts, completions)
 
-    async def _rewards(self, seqs: list[list[int]], marks: list[list[int]] | None) -> np.ndarray:
-        """Token ids (n rows) -> rewards (n,) float32, through the cross-request batch queue or one at a time."""
+    async def _rewards(self, seqs: list[list[int]], marks: list[list[int]] | None
+                       ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Token ids (n rows) -> (rewards (n,) float32, ORM/PRM per-token/per-step probabilities or None), through
+        the cross-request batch queue or one request at a time."""
         if not self.batching:
             async with self._one_at_a_time:
                 return await self._forward(seqs, marks)
         rows = [_Row(s, min(max(1.0, len(s) / self.tokens_per_row), self.max_batch_size),
                      None if marks is None else marks[i]) for i, s in enumerate(seqs)]
-        return np.asarray(await asyncio.gather(*(self._score_rows(r) for r in rows)), dtype=np.float32)
+        out = await asyncio.gather(*(self._score_rows(r) for r in rows))
+        rewards = np.asarray([r for r, _ in out], dtype=np.float32)
+        return rewards, None if marks is None else [d for _, d in out]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=_batch_slots)
-    async def _score_rows(self, rows: list[_Row]) -> list[float]:
+    async def _score_rows(self, rows: list[_Row]) -> list[tuple[float, np.ndarray | None]]:
         marks = None if rows[0].marks is None else [r.marks for r in rows]
-        return (await self._forward([r.ids for r in rows], marks)).tolist()
+        rewards, details = await self._forward([r.ids for r in rows], marks)
+        return [(float(r), None if details is None else details[i]) for i, r in enumerate(rewards)]
 
-    async def _forward(self, seqs: list[list[int]], marks: list[list[int]] | None) -> np.ndarray:
+    async def _forward(self, seqs: list[list[int]], marks: list[list[int]] | None
+                       ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         # In a worker thread, so the event loop keeps accepting and tokenising requests during the forward.
-        out = await asyncio.to_thread(self.scorer.score_ids, seqs, marks)
+        out = await asyncio.to_thread(self.scorer.score_ids_detailed, seqs, marks)
         self.rows_scored += len(seqs)
         self.batches += 1
         return out
@@ -263,24 +371,77 @@ def _app_path(scope: dict[str, Any]) -> str:
     return path
 
 
+class BodyLimit:
+    """ASGI middleware: a POST body over `max_bytes` gets 413 before it is read. A declared Content-Length is checked
+    up front; a chunked body is read only until it passes the limit. The replica pulls a body from Serve's proxy as
+    it reads it, so a refused body is not shipped to the replica either."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send, int(declared))
+                return
+            await self.app(scope, receive, send)
+            return
+        messages, size = [], 0  # chunked: buffer up to the limit, then hand the messages on
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, None)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        pending = iter(messages)
+
+        async def replay() -> dict[str, Any]:
+            return next(pending, None) or await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any, size: int | None) -> None:
+        msg = (f"request body of {size if size is not None else 'more than ' + str(self.max_bytes)} bytes; this server "
+               f"takes at most {self.max_bytes} (max_body_bytes)")
+        body = vllm_error(msg, 413) if _app_path(scope) in VLLM_PATHS else {"detail": msg}
+        await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 naming the field; 400 for a body that is not JSON at all. The offending input is not echoed."""
+    """422 naming the field; 400 for a body that is not JSON at all; vLLM's routes answer vLLM's error body with
+    400 (404 for an unknown model name). The offending input is not echoed."""
     if isinstance(exc, BadRequest):
         errors = exc.errors
     else:
         errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]}
                   for e in exc.errors()]  # type: ignore[attr-defined]
+    if _app_path(request.scope) in VLLM_PATHS:
+        errors = [{"loc": ["body"], "type": e["type"], "msg": f"invalid json at character {e['loc'][-1]}: {e['msg']}"}
+                  if e["type"] == "json_invalid" else e for e in errors]
+        status = getattr(exc, "status", None) or 400
+        fields = [p for e in errors for p in e["loc"][1:2] if isinstance(p, str)]
+        return JSONResponse(vllm_error(BadRequest(errors).message(), status, fields[0] if fields else None),
+                            status_code=status)
     status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=status)
 
 
-def make_api(server: RewardServer, token: str | None) -> FastAPI:
+def make_api(server: RewardServer, token: str | None, max_body_bytes: int = 16 * 2**20) -> FastAPI:
     """The routes of one replica, bound to its `server`; with a token, all but /healthz need it."""
     api = FastAPI(title="rayrm reward server", description="Rewards from a rayrm reward-model export, batched "
-                  "across requests. POST /v1/rewards, POST /v1/preferences, OpenRLHF's POST /get_reward, "
-                  "GET /v1/model, GET /healthz.")
+                  "across requests. POST /v1/rewards, POST /v1/preferences, OpenRLHF's POST /get_reward, vLLM's "
+                  "POST /classify, POST /pooling and GET /v1/models, GET /v1/model, GET /healthz.")
+    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if token is not None:
-        api.add_middleware(BearerAuth, token=token)
+        api.add_middleware(BearerAuth, token=token)  # added last = runs first: no body is looked at unauthenticated
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(BadRequest, _validation_error)
 
@@ -303,6 +464,18 @@ def make_api(server: RewardServer, token: str | None) -> FastAPI:
     @api.post("/get_reward")
     async def get_reward(body: OpenRLHFRequest) -> OpenRLHFResponse:
         return await server.get_reward(body)
+
+    @api.post("/classify")
+    async def classify(body: ClassifyRequest) -> ClassificationResponse:
+        return await server.classify(body)
+
+    @api.post("/pooling")
+    async def pooling(body: PoolingRequest) -> PoolingResponse:
+        return await server.pooling(body)
+
+    @api.get("/v1/models")
+    async def models() -> ModelList:
+        return server.models()
 
     return api
 
@@ -340,7 +513,8 @@ def reward_app(cfg: ServeConfig) -> Application:
         batching=cfg.batching, max_batch_size=cfg.max_batch_size, batch_wait_timeout_s=cfg.batch_wait_timeout_s,
         token_budget=cfg.token_budget, max_items=cfg.max_items, max_text_chars=cfg.max_text_chars,
         auth_token_env=cfg.auth_token_env, openrlhf_normalized=cfg.openrlhf_normalized,
-        gil_switch_interval_s=cfg.gil_switch_interval_s,
+        gil_switch_interval_s=cfg.gil_switch_interval_s, max_body_bytes=cfg.max_body_bytes,
+        served_model_name=cfg.served_model_name,
     )
 
 
@@ -378,7 +552,7 @@ def run_server(cfg: ServeConfig, verbose: bool = False) -> None:
         deploy(cfg)
         url = app_url(cfg)
         print(f"[rayrm.serve] {cfg.model} at {url}  (POST /v1/rewards, POST /v1/preferences, POST /get_reward, "
-              f"GET /v1/model, GET /healthz, GET /docs); Ctrl-C stops", flush=True)
+              f"POST /classify, POST /pooling, GET /v1/models, GET /v1/model, GET /healthz, GET /docs); Ctrl-C stops", flush=True)
         print(f"[rayrm.serve] try: curl -s {url}/v1/rewards -H 'content-type: application/json' "
               """-d '{"prompts": ["Hi"], "completions": ["Hello! How can I help?"]}'""", flush=True)
         if verbose:
