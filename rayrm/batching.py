@@ -90,18 +90,26 @@ def length_grouped(
             yield {k: v[idx] for k, v in big.items()}
 
 
-def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[np.ndarray]:
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: int,
+                         max_padding: float | None = None) -> list[np.ndarray]:
     """Indices of rows grouped into batches, longest first, each with rows * longest <= token_budget.
 
-    Sorting by length means each padded batch (b, s) wastes little of b * s on padding. A row longer than the budget
-    goes alone. Every index appears in exactly one batch.
+    Sorting by length means each padded batch (b, s) wastes little of b * s on padding. With `max_padding` a batch
+    also ends before padding would pass that share of its b * s tokens (for devices where batching gains less than
+    padding costs: a CPU). A row longer than the budget goes alone. Every index appears in exactly one batch.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
         longest = max(1, int(lengths[order[start]]))
-        n = max(1, min(max_rows, token_budget // longest))
+        n = max(1, min(max_rows, token_budget // longest, len(order) - start))
+        if max_padding is not None and n > 1:
+            real = np.cumsum(lengths[order[start : start + n]])
+            rows = np.arange(1, n + 1)
+            fits = (rows * longest - real) <= max_padding * rows * longest
+            n = int(np.argmin(fits)) if not fits.all() else n  # the first batch size that pads too much, minus one
+            n = max(1, n)
         batches.append(order[start : start + n])
         start += n
     return batches

@@ -199,8 +199,11 @@ class ServeConfig(Section):
     cpus_per_replica: float = F(1.0, "CPUs Ray reserves per replica", gt=0)
     gpus_per_replica: float = F(0.0, "GPUs per replica (0 on CPU; the scorer picks cuda when it sees one)", ge=0)
     torch_threads: PosInt | None = F(None, "intra-op threads per replica; null -> cpus_per_replica rounded up")
-    min_replicas: int = F(1, "replicas kept up when idle", ge=0)
-    max_replicas: int = F(1, "> min_replicas turns on autoscaling between the two", ge=1)
+    min_replicas: Annotated[int, Field(ge=0)] | Literal["auto"] = F(
+        1, "replicas kept up when idle; auto -> as many replicas as the cluster's CPUs (with gpus_per_replica > 0: "
+           "GPUs) hold at deploy time")
+    max_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = F(
+        1, "> min_replicas turns on autoscaling between the two; auto as for min_replicas")
     target_ongoing_requests: float = F(32.0, "autoscaler's aim for in-flight requests per replica", gt=0)
     upscale_delay_s: float = F(10.0, "load must last this long before a replica is added", ge=0)
     downscale_delay_s: float = F(300.0, "idleness must last this long before a replica is removed", ge=0)
@@ -226,7 +229,7 @@ class ServeConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
         _required(self, "model")
-        if self.min_replicas > self.max_replicas:
+        if "auto" not in (self.min_replicas, self.max_replicas) and self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas/max_replicas must satisfy min_replicas <= max_replicas")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError("max_ongoing_requests must be >= max_batch_size (else a replica never holds a full batch)")

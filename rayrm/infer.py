@@ -18,6 +18,7 @@ import torch
 from rayrm.batching import token_budget_batches
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CPU_MAX_PADDING = 0.05  # a CPU forward is compute-bound: a padded token costs as much as a real one
 
 
 @dataclass
@@ -65,6 +66,9 @@ class RewardScorer:
     """An exported reward model ready to score: load once, call many times.
 
     `dtype` "bf16" runs the matmuls in bfloat16 (AMX CPUs, GPUs); rewards come back as float32 either way.
+    `max_padding`: the share of a forward's padded (rows x longest) tokens that may be padding before the batch is
+    cut; "auto" = CPU_MAX_PADDING on a CPU, where batching gains less than padding costs (a 22M encoder scores
+    HH rollouts 1.3x faster at 0.05 than with whole token-budget batches), and no limit on a GPU.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class RewardScorer:
         token_budget: int = 16384,
         max_batch_rows: int = 256,
         torch_threads: int | None = None,
+        max_padding: float | str | None = "auto",
     ):
         from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -105,6 +110,9 @@ class RewardScorer:
         self.max_length: int = int(self.meta["max_length"])
         self.token_budget = token_budget
         self.max_batch_rows = max_batch_rows
+        if max_padding == "auto":
+            max_padding = CPU_MAX_PADDING if self.device.type == "cpu" else None
+        self.max_padding: float | None = max_padding  # type: ignore[assignment]
         self.reward_mean = float(self.meta.get("reward_mean", 0.0))
         self.reward_std = float(self.meta.get("reward_std", 1.0))
         # calibration temperature fitted on the eval split (train.calibrate): P(a > b) = sigmoid((r_a - r_b) / T)
@@ -139,7 +147,8 @@ class RewardScorer:
             raise ValueError(f"a {self.task} export needs the token marks from tokenize()")
         if not len(seqs):
             return out, details
-        for idx in token_budget_batches([len(s) for s in seqs], self.token_budget, self.max_batch_rows):
+        for idx in token_budget_batches([len(s) for s in seqs], self.token_budget, self.max_batch_rows,
+                                        self.max_padding):
             ids, mask = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id, "right")
             ids, mask = ids.to(self.device), mask.to(self.device)
             if details is None:

@@ -486,6 +486,21 @@ def build_app(args: dict[str, Any]) -> Application:
     return reward_app(build_config(ServeConfig, args))
 
 
+def replica_range(cfg: ServeConfig) -> tuple[int, int]:
+    """(min, max) replicas with "auto" resolved: the replicas of cpus_per_replica CPUs (and gpus_per_replica GPUs,
+    when > 0) that the cluster holds (this machine's CPUs when no Ray cluster is connected yet)."""
+    import ray
+
+    res = ray.cluster_resources() if ray.is_initialized() else {"CPU": float(os.cpu_count() or 1)}
+    fit = int(res.get("CPU", 1.0) // cfg.cpus_per_replica + 1e-9)
+    if cfg.gpus_per_replica > 0:
+        fit = min(fit, int(res.get("GPU", 0.0) // cfg.gpus_per_replica + 1e-9))
+    fit = max(1, fit)
+    lo = fit if cfg.min_replicas == "auto" else cfg.min_replicas
+    hi = fit if cfg.max_replicas == "auto" else cfg.max_replicas
+    return lo, max(lo, hi)
+
+
 def reward_app(cfg: ServeConfig) -> Application:
     """The application for a validated config: replica resources, scaling, batching and limits from `cfg`.
 
@@ -495,12 +510,12 @@ def reward_app(cfg: ServeConfig) -> Application:
     actor_options: dict[str, Any] = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
     if cfg.auth_token_env and os.environ.get(cfg.auth_token_env):
         actor_options["runtime_env"] = {"env_vars": {cfg.auth_token_env: os.environ[cfg.auth_token_env]}}
-    if cfg.min_replicas == cfg.max_replicas:
-        scaling: dict[str, Any] = {"num_replicas": cfg.min_replicas}
+    lo, hi = replica_range(cfg)
+    if lo == hi:
+        scaling: dict[str, Any] = {"num_replicas": lo}
     else:
         scaling = {"autoscaling_config": {
-            "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-            "initial_replicas": max(1, cfg.min_replicas),
+            "min_replicas": lo, "max_replicas": hi, "initial_replicas": max(1, lo),
             "target_ongoing_requests": cfg.target_ongoing_requests,
             "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s,
         }}

@@ -536,9 +536,10 @@ def test_replica_killed_while_64_clients_send_requests(served, offline, rollouts
                       if a["name"].startswith("SERVE_REPLICA::rm-guarded#"))
         ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
         marks["kill"], marks["n_at_kill"] = time.time(), len(results)
-        def replaced() -> bool:  # the victim is gone and two replicas run again
-            live = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-            return victim["name"] not in live and _replicas("rm-guarded") == 2
+        def replaced() -> bool:  # two replicas run again, the victim not among them
+            live = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith("SERVE_REPLICA::rm-guarded#")}
+            return len(live) == 2 and victim["name"] not in live and _replicas("rm-guarded") == 2
 
         await until(replaced, 180)
         marks["recovered"] = time.time()
