@@ -213,13 +213,18 @@ class ServeConfig(Section):
                                  ge=-1)
     batching: bool = F(True, "false: one request at a time, each in its own forward (the benchmark's baseline)")
     max_batch_size: int = F(64, "rows gathered across requests into one forward batch", ge=1)
-    batch_wait_timeout_s: float = F(0.01, "how long a batch's first row waits for company before it runs", ge=0)
+    batch_wait_timeout_s: float = F(0.0, "how long a batch's first row waits for company; 0: a batch runs once the "
+                                         "replica is free, and rows that arrive meanwhile form the next", ge=0)
     token_budget: int = F(16384, "tokens per gathered batch (and padded tokens per forward)", ge=16)
     max_items: int = F(256, "rows per request; more -> 422 naming the field", ge=1)
     max_text_chars: int = F(32768, "characters per prompt or completion (a message list: all its contents)", ge=1)
     auth_token_env: str | None = F(None, "env var holding a bearer token; set -> every route but /healthz needs it",
                                    pattern=r"\S")
     openrlhf_normalized: bool = F(False, "POST /get_reward answers normalised rewards (OpenRLHF's --normalize_reward)")
+    access_log: bool = F(False, "Serve's access log line per request on the replicas (each costs replica CPU)")
+    replica_env: dict[str, str | int | float | bool] = F(
+        dict, "environment variables of the replica processes: Ray Serve's replica-side flags (e.g. "
+              "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD: 0), thread settings")
     max_body_bytes: int = F(16 * 2**20, "a request body over this many bytes gets 413 before it is read", ge=1024)
     served_model_name: str | None = F(None, "the name /v1/models and /classify answer with; set -> a request naming "
                                             "another model gets 404 (vLLM's --served-model-name); null -> the export "

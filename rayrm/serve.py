@@ -84,6 +84,13 @@ OPEN_PATHS = ("/healthz",)  # routes that never need the bearer token
 VLLM_PATHS = ("/classify", "/pooling", "/v1/models")  # errors in vLLM's body and status codes
 
 
+INLINE_TOKENIZE_CHARS = 8192  # requests up to this many characters tokenise on the event loop
+
+
+def _chars(text: Any) -> int:
+    return len(text) if isinstance(text, str) else sum(len(m.get("content", "")) for m in text)
+
+
 def _plain(texts: list[Any]) -> list[Any]:
     """Message models back to the dicts `render_completion` and chat templates expect."""
     return [t if isinstance(t, str) else [m.model_dump() for m in t] for t in texts]
@@ -170,7 +177,8 @@ class RewardServer:
         self.label = str(id2label.get(0, "LABEL_0"))
         self.settings = {"batching": batching, "max_batch_size": max_batch_size, "token_budget": token_budget,
                          "batch_wait_timeout_s": batch_wait_timeout_s, "max_items": max_items,
-                         "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes, "auth": self.token is not None,
+                         "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes,
+                         "auth": self.token is not None,
                          "dtype": dtype, "torch_threads": torch.get_num_threads(),
                          "served_model_name": served_model_name,
                          "gil_switch_interval_s": sys.getswitchinterval()}
@@ -302,8 +310,11 @@ class RewardServer:
 
     # ---- scoring
     async def _tokenize(self, prompts: list[Any], completions: list[Any]) -> Any:
-        """Tokenise in a worker thread: the Rust tokenizer releases the GIL, so requests tokenise in parallel
-        and the event loop keeps accepting requests and filling batches meanwhile."""
+        """Tokenise a large request in a worker thread (the Rust tokenizer releases the GIL, so the event loop keeps
+        accepting requests and filling batches meanwhile); a small one, e.g. one rollout, inline: its tokenisation
+        costs less than the hop to a thread and back."""
+        if sum(_chars(t) for t in prompts) + sum(_chars(t) for t in completions) <= INLINE_TOKENIZE_CHARS:
+            return self.scorer.tokenize(prompts, completions)
         return await asyncio.to_thread(self.scorer.tokenize, prompts, completions)
 
     async def _rewards(self, seqs: list[list[int]], marks: list[list[int]] | None
@@ -508,8 +519,11 @@ def reward_app(cfg: ServeConfig) -> Application:
     (visible to whoever can read the cluster's Serve config); otherwise each replica's own environment must hold it.
     """
     actor_options: dict[str, Any] = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
+    env = {k: str(int(v) if isinstance(v, bool) else v) for k, v in cfg.replica_env.items()}
     if cfg.auth_token_env and os.environ.get(cfg.auth_token_env):
-        actor_options["runtime_env"] = {"env_vars": {cfg.auth_token_env: os.environ[cfg.auth_token_env]}}
+        env[cfg.auth_token_env] = os.environ[cfg.auth_token_env]
+    if env:
+        actor_options["runtime_env"] = {"env_vars": env}
     lo, hi = replica_range(cfg)
     if lo == hi:
         scaling: dict[str, Any] = {"num_replicas": lo}
@@ -521,7 +535,8 @@ def reward_app(cfg: ServeConfig) -> Application:
         }}
     deployment = RewardServer.options(
         ray_actor_options=actor_options, max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests, **scaling,
+        max_queued_requests=cfg.max_queued_requests, logging_config={"enable_access_log": cfg.access_log},
+        **scaling,
     )
     return deployment.bind(
         cfg.model, dtype=cfg.dtype, torch_threads=cfg.torch_threads or math.ceil(cfg.cpus_per_replica),
@@ -567,7 +582,8 @@ def run_server(cfg: ServeConfig, verbose: bool = False) -> None:
         deploy(cfg)
         url = app_url(cfg)
         print(f"[rayrm.serve] {cfg.model} at {url}  (POST /v1/rewards, POST /v1/preferences, POST /get_reward, "
-              f"POST /classify, POST /pooling, GET /v1/models, GET /v1/model, GET /healthz, GET /docs); Ctrl-C stops", flush=True)
+              f"POST /classify, POST /pooling, GET /v1/models, GET /v1/model, GET /healthz, GET /docs); Ctrl-C stops",
+              flush=True)
         print(f"[rayrm.serve] try: curl -s {url}/v1/rewards -H 'content-type: application/json' "
               """-d '{"prompts": ["Hi"], "completions": ["Hello! How can I help?"]}'""", flush=True)
         if verbose:

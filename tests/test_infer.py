@@ -24,8 +24,29 @@ def test_a_row_longer_than_the_budget_goes_alone():
     assert [b.tolist() for b in token_budget_batches([10, 500, 20], token_budget=100, max_rows=8)] == [[1], [2, 0]]
 
 
+def test_max_padding_cuts_a_batch_before_padding_passes_its_share():
+    lengths = [100, 98, 60, 59, 58, 10]
+    # no limit: one batch padded to 100 (615 of 600 slots... 385 of 600 are padding)
+    assert [b.tolist() for b in token_budget_batches(lengths, 10_000, 64)] == [[0, 1, 2, 3, 4, 5]]
+    # 5%: 100 and 98 (1% padding) go together; 60/59/58 (1.7%); 10 alone
+    assert [b.tolist() for b in token_budget_batches(lengths, 10_000, 64, max_padding=0.05)] == [[0, 1], [2, 3, 4], [5]]
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 512, size=500)
+    for share in (0.0, 0.05, 0.3):
+        batches = token_budget_batches(lengths, 16384, 64, max_padding=share)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+        for b in batches:
+            padded = len(b) * lengths[b].max()
+            assert padded - lengths[b].sum() <= share * padded + 1e-9 and padded <= max(16384, lengths[b].max())
+
+
+def test_scorer_limits_padding_on_cpu_only_by_default(tiny_export):
+    assert RewardScorer(tiny_export).max_padding == 0.05  # CPU: a padded token costs as much as a real one
+    assert RewardScorer(tiny_export, max_padding=None).max_padding is None
+
+
 def _check_batch_invariance(export: str, rollouts: list[dict]) -> None:
-    scorer = RewardScorer(export, token_budget=4096)
+    scorer = RewardScorer(export, token_budget=4096, max_padding=None)  # padded batches, not the CPU default
     prompts = [r["prompt"] for r in rollouts[:24]]
     comps = [r["completion"] for r in rollouts[:24]]
     batched = scorer.score(prompts, comps)

@@ -66,6 +66,21 @@ def test_build_app_rejects_bad_args_naming_the_key(args, needle):
         build_app(args)
 
 
+def test_auto_replicas_fill_the_cluster_by_cpus_or_gpus():
+    from rayrm.serve import replica_range
+
+    cpus = os.cpu_count()
+    assert replica_range(build_config(ServeConfig, {"model": "/m", "min_replicas": "auto",
+                                                    "max_replicas": "auto"})) == (cpus, cpus)
+    assert replica_range(build_config(ServeConfig, {"model": "/m", "min_replicas": 1, "max_replicas": "auto",
+                                                    "cpus_per_replica": 0.5})) == (1, 2 * cpus)
+    assert replica_range(build_config(ServeConfig, {"model": "/m", "min_replicas": 2, "max_replicas": 3})) == (2, 3)
+    shipped = load_config(ROOT / "configs/serve/default.yaml", [], ServeConfig)
+    assert (shipped.min_replicas, shipped.max_replicas, shipped.torch_threads) == ("auto", "auto", None)
+    with pytest.raises(ConfigError, match="min_replicas"):
+        build_config(ServeConfig, {"model": "/m", "min_replicas": "many"})
+
+
 def test_whiten_groups_by_hand():
     # group a: [1, 3] -> mean 2, std 1 -> [-1, 1]; group b: equal rewards -> zero-std guard -> [0, 0]; c alone -> 0
     out = whiten_groups(np.array([1.0, 10.0, 3.0, 10.0, 7.0], dtype=np.float32), ["a", "b", "a", "b", 5])
