@@ -570,7 +570,8 @@ def deploy(*cfgs: ServeConfig) -> list[Any]:
     http: dict[str, Any] = {"host": cfgs[0].host, "port": cfgs[0].port}
     if cfgs[0].request_timeout_s is not None:
         http["request_timeout_s"] = cfgs[0].request_timeout_s
-    serve.start(http_options=http)
+    # the proxies' access log line per request too (Serve's own logging config, cluster-wide like http_options)
+    serve.start(http_options=http, logging_config={"enable_access_log": any(c.access_log for c in cfgs)})
     return serve.run_many([RunTarget(reward_app(c), name=c.name, route_prefix=c.route_prefix) for c in cfgs])
 
 
