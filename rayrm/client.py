@@ -123,9 +123,7 @@ class RewardClient:
         except BadRewardRequest:
             raise
         except Exception as e:
-            self.attempts_failed += 1
-            raise RewardServerError(f"no reward answer from {self._where()} after {self.retries + 1} attempts: "
-                                    f"{type(e).__name__}: {e}") from e
+            raise self._gave_up(e) from e
 
     async def _call_async(self, path: str, method: str, body: dict[str, Any]) -> Any:
         from tenacity import AsyncRetrying
@@ -144,9 +142,12 @@ class RewardClient:
         except BadRewardRequest:
             raise
         except Exception as e:
-            self.attempts_failed += 1
-            raise RewardServerError(f"no reward answer from {self._where()} after {self.retries + 1} attempts: "
-                                    f"{type(e).__name__}: {e}") from e
+            raise self._gave_up(e) from e
+
+    def _gave_up(self, last: Exception) -> RewardServerError:
+        self.attempts_failed += 1  # the last attempt failed too
+        return RewardServerError(f"no reward answer from {self._where()} after {self.retries + 1} attempts: "
+                                 f"{type(last).__name__}: {last}")
 
     # ---- transports
     def _headers(self) -> dict[str, str]:

@@ -176,13 +176,18 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-class ClassificationResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("classify"))
+class _ListResponse(BaseModel):
+    """What vLLM's pooling responses share: an id, "list", a creation time, the model and token usage."""
+
     object: str = "list"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    data: list[ClassificationData]
     usage: UsageInfo
+
+
+class ClassificationResponse(_ListResponse):
+    id: str = Field(default_factory=lambda: _new_id("classify"))
+    data: list[ClassificationData]
 
 
 class PoolingResponseData(BaseModel):
@@ -192,13 +197,9 @@ class PoolingResponseData(BaseModel):
         description="classify: [reward]; token_classify: [[p], ...] per completion token (ORM) or step (PRM)")
 
 
-class PoolingResponse(BaseModel):
+class PoolingResponse(_ListResponse):
     id: str = Field(default_factory=lambda: _new_id("pool"))
-    object: str = "list"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     data: list[PoolingResponseData]
-    usage: UsageInfo
 
 
 class ModelCard(BaseModel):
