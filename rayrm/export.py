@@ -42,6 +42,7 @@ class ExportMeta(BaseModel):
     append_eos: bool = Field(True, description="an EOS (or [SEP]) ends every sequence, as in training")
     loss: str = Field(description="train.loss of the run ('untrained' for a fresh head)")
     dtype: str = Field(description="dtype of the saved weights")
+    precision: str | None = Field(None, description="the precision training ran in (deepspeed.precision, auto resolved)")
     reward_mean: float = Field(0.0, description="mean reward over the eval split: normalized = (r - mean) / std")
     reward_std: float = Field(1.0, gt=0, description="std of the reward over the eval split")
     temperature: float = Field(1.0, gt=0, description="calibrated P(a > b) = sigmoid((r_a - r_b) / T); 1 if not fitted")

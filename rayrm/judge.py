@@ -36,7 +36,7 @@ class Judge:
         template: str = DEFAULT_TEMPLATE,
         verdicts: Sequence[str] = (" A", " B"),
         max_length: int = 1024,
-        dtype: str = "fp32",
+        dtype: str = "auto",
         trust_remote_code: bool = False,
         seed: int = 0,
     ):
@@ -49,7 +49,9 @@ class Judge:
         self.tokenizer.model_max_length = 10**9  # rayrm cuts judging prompts itself (keeping their end)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        from rayrm.hardware import inference_dtype
+
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[inference_dtype(dtype, "cpu")]  # runs on CPU
         if os.path.isdir(path) and not has_weights(path):  # a config dir: seeded random init (tests, demos)
             torch.manual_seed(seed)
             self.model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype)

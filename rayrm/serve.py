@@ -179,7 +179,7 @@ class RewardServer:
                          "batch_wait_timeout_s": batch_wait_timeout_s, "max_items": max_items,
                          "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes,
                          "auth": self.token is not None,
-                         "dtype": dtype, "torch_threads": torch.get_num_threads(),
+                         "dtype": self.scorer.dtype, "torch_threads": torch.get_num_threads(),
                          "served_model_name": served_model_name,
                          "gil_switch_interval_s": sys.getswitchinterval()}
         self.rows_scored = self.batches = 0

@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `auto` precision resolves to fp32 in tests, so served/scored rewards compare to fp32 references at 1e-5 on every
+# CPU (with AMX, auto would pick bf16). The policy itself is tested with explicit CPU flags in test_hardware.py.
+os.environ.setdefault("RAYRM_AUTO_DTYPE", "fp32")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -38,7 +41,8 @@ def ray_cluster():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       "RAYRM_AUTO_DTYPE": os.environ["RAYRM_AUTO_DTYPE"]}})
     yield ray
     ray.shutdown()
 

@@ -1,10 +1,10 @@
 """The per-worker training loop without Ray: it trains the tiny model in this process (a one-rank gloo group, no Ray),
 and with the same seed gives the loss curve the Ray Train job gives with one worker."""
 
+import functools
 import glob
 import math
 import os
-import socket
 import struct
 
 import numpy as np
@@ -13,10 +13,9 @@ import torch
 
 from conftest import MINILM, TINY_QWEN3
 from rayrm.config import TrainConfig, load_config
-from rayrm.data import GroupTokenizer, read_preferences, render_group, split_rows
-from rayrm.model import load_tokenizer
-from rayrm.train.engine import micro_batches, setup_engine, step_loss_for
-from rayrm.train.loop import LoopStats, new_state, train_epochs
+from rayrm.train.engine import step_loss_for
+from rayrm.train.local import train_local
+from rayrm.train.loop import LoopStats
 
 STEPS = 10
 
@@ -27,31 +26,6 @@ def _cfg(tmp_path, data_path) -> TrainConfig:
         f"data.path={data_path}", "data.max_length=64", "data.eval_fraction=0.125", "train.micro_batch_size=4",
         "train.eval_batch_size=4", "optim.lr=1e-3", "train.log_every=1", "scaling.num_workers=1",
     ], TrainConfig)
-
-
-def _plain_buffers(cfg: TrainConfig) -> tuple[list[dict[str, np.ndarray]], int]:
-    """The training rows tokenised and cut into sorting buffers as the job's one Ray Train worker receives them
-    (same split, rendering, tokenizer and buffer size), built here without Ray Data. -> (buffers, train rows)."""
-    rows, _ = read_preferences(cfg.data.path)
-    train_rows, _ = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)
-    tok = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
-    rendered = [{k: v for k, v in render_group(r, tok).items() if k in ("prompt", "completions")} for r in train_rows]
-    out = GroupTokenizer(cfg.tokenizer, cfg.data.max_length)(
-        {"prompt": np.array([r["prompt"] for r in rendered], dtype=object),
-         "completions": np.array([r["completions"] for r in rendered], dtype=object),
-         "weight": np.ones(len(rendered), np.float32)})
-    cols = {k: (np.array(v, dtype=object) if k == "ids" else np.asarray(v)) for k, v in out.items()}
-    size = cfg.train.micro_batch_size * cfg.train.length_group_batches
-    return [{k: v[i: i + size] for k, v in cols.items()} for i in range(0, len(rendered), size)], len(rendered)
-
-
-def _one_rank_group() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"})
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
 
 
 def _scalars(logdir: str, tag: str) -> dict[int, float]:
@@ -80,28 +54,16 @@ def _plain_curve(cfg: TrainConfig) -> tuple[list[float], LoopStats, dict, tuple[
         return pool.submit(_train_here, cfg).result(timeout=600)
 
 
+def _train_set_loss(cfg: TrainConfig, engine, tok, buffers) -> float:
+    from rayrm.train.engine import micro_batches
+
+    loss = step_loss_for(cfg)
+    with torch.no_grad():
+        return float(np.mean([loss(engine, b, w).item() for b, w in micro_batches(buffers, cfg, tok, 0, engine.device)]))
+
+
 def _train_here(cfg: TrainConfig) -> tuple[list[float], LoopStats, dict, tuple[float, float]]:
-    buffers, n_train = _plain_buffers(cfg)
-    total = math.ceil(n_train / cfg.train.micro_batch_size)  # as the driver computes it for one worker
-    _one_rank_group()
-    try:
-        engine, tok = setup_engine(cfg, total)
-        loss = step_loss_for(cfg)
-
-        def train_set_loss() -> float:
-            with torch.no_grad():
-                return float(np.mean([loss(engine, b, w).item() for b, w in micro_batches(buffers, cfg, tok, 0,
-                                                                                           engine.device)]))
-
-        before = train_set_loss()
-        curve: list[float] = []
-        state = new_state()
-        stats = train_epochs(engine, lambda epoch: micro_batches(buffers, cfg, tok, epoch, engine.device), loss,
-                             state, cfg.train.epochs, after_step=lambda step, st: curve.append(st.losses[-1]))
-        after = train_set_loss()
-    finally:
-        torch.distributed.destroy_process_group()
-    return curve, stats, state, (before, after)
+    return train_local(cfg, probe=functools.partial(_train_set_loss, cfg))
 
 
 def test_loop_trains_in_a_plain_process(tmp_path, hh_small):

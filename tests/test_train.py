@@ -69,6 +69,9 @@ def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
     # pairs/s is over the loop's own time, split into data, forward, backward and optimizer shares that add up
     shares = [metrics[f"train_share_{k}"] for k in ("data", "forward", "backward", "optimizer")]
     assert metrics["train_pairs_per_s"] > 0 and all(x > 0 for x in shares) and abs(sum(shares) - 1) < 1e-6
+    # the loop's wall span (first step's start to last step's end) holds the phases and the progress between steps
+    assert metrics["train_loop_wall_s"] >= metrics["train_loop_s"] > 0
+    assert meta["precision"] == "fp32"  # deepspeed.precision auto on a CPU (tests pin auto to fp32 in any case)
     report = json.load(open(os.path.join(export, "report", "eval_report.json")))  # end-of-training eval report
     assert report["num_pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["eval_accuracy"]) < 1e-6
     assert all(os.path.exists(os.path.join(export, "report", f)) for f in report["files"].values())

@@ -150,9 +150,12 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
             storage_path=cfg.storage_path or os.path.join(output_dir, "ray"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": {k: str(v) for k, v in cfg.scaling.worker_env.items()}}
+            if cfg.scaling.worker_env else None,
         ),
     )
-    say(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {cfg.deepspeed.precision})")
+    precision = cfg.deepspeed.precision + (" (bf16 on GPUs with bf16, else fp32)" if cfg.deepspeed.precision == "auto" else "")
+    say(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {precision})")
     t0 = time.time()
     try:
         result = trainer.fit()

@@ -42,6 +42,15 @@ class RewardModule(torch.nn.Module):
         return chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
 
 
+def resolved_precision(cfg: TrainConfig) -> str:
+    """deepspeed.precision with `auto` resolved for this worker's device (rayrm.hardware.training_precision)."""
+    import torch
+
+    from rayrm.hardware import training_precision
+
+    return training_precision(cfg.deepspeed.precision, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
     """DeepSpeed JSON config of a training config."""
     ds, tr = cfg.deepspeed, cfg.train
@@ -55,7 +64,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": tr.gradient_accumulation_steps,
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
-        "bf16": {"enabled": ds.precision == "bf16"},
+        "bf16": {"enabled": resolved_precision(cfg) == "bf16"},
         "zero_force_ds_cpu_optimizer": False,  # our torch AdamW also runs with CPU offload (DeepSpeedCPUAdam needs a build)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

@@ -11,7 +11,7 @@ from typing import Any
 
 from rayrm.config import TrainConfig
 from rayrm.export import ExportMeta
-from rayrm.train.engine import DEFAULT_AGGREGATE
+from rayrm.train.engine import DEFAULT_AGGREGATE, resolved_precision
 
 
 def write_export(engine: Any, tok: Any, cfg: TrainConfig, rank: int, out_dir: str, metrics: dict[str, float],
@@ -43,6 +43,7 @@ def write_export(engine: Any, tok: Any, cfg: TrainConfig, rank: int, out_dir: st
         padding_side=tok.padding_side,
         loss=cfg.train.loss,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        precision=resolved_precision(cfg),
         reward_mean=stats["mean"],
         reward_std=stats["std"],
         temperature=metrics.get("eval_temperature", 1.0),  # calibrated P(a > b) = sigmoid((r_a - r_b) / T)

@@ -28,6 +28,14 @@ class LoopStats:
     sizes: list[int] = field(default_factory=list)
     rows: int = 0  # real rows (pairs, rankings, solutions) trained on; weight-0 fillers excluded
     phase: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    started: float | None = None  # perf_counter when the first micro-batch was fetched
+    ended: float | None = None  # ... when the last optimizer step ended
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time from the first step's start to the last step's end (as a Trainer callback times a loop):
+        loop time plus whatever ran between steps (progress lines; evaluations and checkpoints when on)."""
+        return max(1e-9, (self.ended or 0.0) - (self.started or 0.0))
 
     @property
     def seconds(self) -> float:
@@ -55,6 +63,8 @@ def train_epochs(
     stats = LoopStats()
     while state["epoch"] < epochs:
         t_last = time.perf_counter()
+        if stats.started is None:
+            stats.started = t_last
         for micro, (batch, weight) in enumerate(batches_of_epoch(state["epoch"])):
             if micro < state["micro_step"]:
                 continue  # fast-forward after a restart
@@ -78,6 +88,7 @@ def train_epochs(
             if not boundary:
                 continue
             # 2. an optimizer step is done: the caller's progress, evaluation and checkpoint, outside loop time
+            stats.ended = t_end
             state["step"] += 1
             if after_step is not None:
                 after_step(state["step"], stats)

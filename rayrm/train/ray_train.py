@@ -168,6 +168,8 @@ def train_func(run: dict[str, Any]) -> None:
         "step": state["step"],
         "train_loss": global_mean(stats.losses, stats.sizes, device),
         "train_pairs_per_s": stats.rows * world / stats.seconds,
+        "train_loop_s": stats.seconds,  # rank 0's loop phases
+        "train_loop_wall_s": stats.wall_seconds,  # rank 0's first step start to last step end
         **{f"train_share_{k}": v for k, v in stats.shares().items()},
         "restarts": state["restarts"],
         **eval_metrics,

@@ -1,0 +1,68 @@
+"""What the machine offers, and the precision that runs fastest on it (`dtype: auto`, `deepspeed.precision: auto`).
+
+bf16 pays off where the hardware computes in it: NVIDIA GPUs with bf16 (Ampere and later) and CPUs with AMX
+(`amx_bf16` in /proc/cpuinfo's flags), where bf16 matmuls run several times faster than fp32. On CPUs without AMX
+(AVX2, or AVX-512 with only avx512_bf16 dot products) torch's bf16 matmuls are slower than fp32, so `auto` is fp32
+there. The choice is made where the work runs (each scoring actor, replica or training worker reads its own node).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterable
+
+DTYPE_CHOICES = ("auto", "fp32", "bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of this machine (empty where /proc/cpuinfo is missing, e.g. macOS)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_amx_bf16(flags: Iterable[str] | None = None) -> bool:
+    return "amx_bf16" in (cpu_flags() if flags is None else set(flags))
+
+
+def cuda_bf16() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _pinned() -> str | None:
+    """RAYRM_AUTO_DTYPE=fp32|bf16 fixes what `auto` resolves to everywhere (one precision across a mixed fleet)."""
+    import os
+
+    value = os.environ.get("RAYRM_AUTO_DTYPE")
+    if value is not None and value not in ("fp32", "bf16"):
+        raise ValueError(f"RAYRM_AUTO_DTYPE must be fp32 or bf16, got {value!r}")
+    return value
+
+
+def inference_dtype(dtype: str, device_type: str, flags: Iterable[str] | None = None) -> str:
+    """Scoring, serving and judging: `auto` -> bf16 on a bf16 GPU or an AMX CPU, fp32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    if (pinned := _pinned()) is not None:
+        return pinned
+    if device_type == "cuda":
+        return "bf16" if cuda_bf16() else "fp32"
+    return "bf16" if has_amx_bf16(flags) else "fp32"
+
+
+def training_precision(precision: str, device_type: str) -> str:
+    """Training: `auto` -> bf16 (DeepSpeed's bf16 mode) on a bf16 GPU, fp32 elsewhere. On CPUs, AMX included,
+    DeepSpeed's bf16 mode has not been measured faster than fp32, so `auto` keeps fp32 there."""
+    if precision != "auto":
+        return precision
+    if (pinned := _pinned()) is not None:
+        return pinned
+    return "bf16" if device_type == "cuda" and cuda_bf16() else "fp32"
