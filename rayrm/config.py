@@ -88,8 +88,10 @@ class ScalingConfig(Section):
     use_gpu: bool = F(False, "one GPU per worker, nccl backend; false -> gloo on CPU")
     cpus_per_worker: float = F(0.5, "fractional so Ray Data's read/map tasks still get a CPU", gt=0)
     torch_threads: PosInt | None = F(None, "intra-op threads per worker; null -> leave torch's default")
-    worker_env: dict[str, str | int | float] = F(dict, "environment variables of the training worker processes "
-                                                       "(Ray Train's worker_runtime_env), e.g. allocator settings")
+    worker_env: dict[str, str | int | float] = F(
+        lambda: {"MALLOC_ARENA_MAX": 1}, "environment variables of the training worker processes (Ray Train's "
+        "worker_runtime_env); MALLOC_ARENA_MAX 1: the loop runs in a worker's non-main thread, whose glibc arena "
+        "page-faults more than the main one (bench/ray_tax_bench.py)")
 
 
 class OptimConfig(Section):
