@@ -177,11 +177,13 @@ def _new_id(prefix: str) -> str:
 
 
 class _ListResponse(BaseModel):
-    """What vLLM's pooling responses share: an id, "list", a creation time, the model and token usage."""
+    """What vLLM's pooling responses share, in vLLM's field order: id, "list", creation time, model, data, usage."""
 
+    id: str
     object: str = "list"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+    data: list[Any]
     usage: UsageInfo
 
 
