@@ -63,6 +63,11 @@ def _kill_node_when(cluster: Any, busy_nodes: Any, ready: Any, events: dict[str,
             time.sleep(0.2)
         time.sleep(delay_s)
         busy = busy_nodes()
+        for _ in range(50):  # the work may sit between two tasks at this instant: look again for up to 10 s
+            if busy:
+                break
+            time.sleep(0.2)
+            busy = busy_nodes()
         events["busy_nodes_before"] = busy
         victims = [n for n in cluster.worker_nodes if n.node_id in set(busy)]
         if not victims:
