@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterable
 
+
 @lru_cache(maxsize=1)
 def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU feature flags of this machine (empty where /proc/cpuinfo is missing, e.g. macOS)."""
