@@ -7,6 +7,7 @@
         --dtype bf16 --gpus-per-actor 1 --num-cpus 16 --torch-threads 4 --cpus-per-actor 2 --token-budget 65536
     python bench/score_bench.py --scale                      # 100k and 1M rollouts with a tiny model: wall + peak RSS
     python bench/score_bench.py --scale --set malloc_arena_max=null       # scale mode with scoring-config overrides
+    python bench/score_bench.py --agreement --model /tmp/rayrm-minilm-hh/final --pairs 400   # bf16 vs fp32
 
 Throughput mode builds rollouts from ../shared/data HH pairs (each pair gives two rollouts sharing a prompt_id),
 shuffled, and scores them twice with the same model:
@@ -15,6 +16,11 @@ shuffled, and scores them twice with the same model:
 - rayrm: `jobs/score.py`'s pipeline (`rayrm.score.run_scoring`) on a local Ray cluster, written to Parquet.
 It prints real (unpadded) tokens/s for both and the ratio, how well the rewards agree, and model FLOP/s
 (2 x non-embedding parameters x tokens) as a share of the fp32 and bf16 matmul peak measured in this run.
+
+Agreement mode scores --pairs HH pairs (chosen and rejected) with a trained export in fp32 and in bf16 through
+`RewardScorer` in this process, both timed (alternating order over --reps), and prints the share of pairs whose
+order (r_chosen > r_rejected) bf16 keeps, the largest reward difference, rows/s of each, and what `dtype: auto`
+picks on this machine.
 
 Scale mode scores --scale-rows rollouts (default 100k, then 1M) with a tiny 2-layer model at max_length 64 and
 reports wall time, rows/s, and the peak RSS (sampled every 0.5 s) and PSS (every 5 s) summed over the driver and every
@@ -139,7 +145,8 @@ def throughput(args: argparse.Namespace) -> None:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     overrides = [f"dtype={args.dtype}", f"num_actors={args.num_actors}", f"cpus_per_actor={args.cpus_per_actor}",
                  f"gpus_per_actor={args.gpus_per_actor}",
-                 f"torch_threads={args.torch_threads}", f"token_budget={args.token_budget}", "tokenize_cpus=0.25"]
+                 f"torch_threads={args.torch_threads}", f"token_budget={args.token_budget}", "tokenize_cpus=0.25",
+                 *args.set]
     ours_r, summary = run_rayrm(model_dir, rows, work, overrides)
     ray.shutdown()
 
@@ -156,8 +163,11 @@ def throughput(args: argparse.Namespace) -> None:
         if len(idx) == 2:
             total += 1
             agree += (base_r[idx[0]] > base_r[idx[1]]) == (ours_r[idx[0]] > ours_r[idx[1]])
+    from rayrm.hardware import inference_dtype
+
     table = {
-        "model": model_dir, "rows": len(rows), "baseline_rows": n, "dtype": args.dtype, "device": device,
+        "model": model_dir, "rows": len(rows), "baseline_rows": n, "dtype": args.dtype,
+        "dtype_resolved": inference_dtype(args.dtype, device), "device": device, "overrides": args.set,
         "baseline_tokens_per_s": round(base_tps, 1), "rayrm_tokens_per_s": round(ours_tps, 1),
         "speedup": round(ours_tps / base_tps, 2),
         "rayrm_rows_per_s": round(summary["rows_per_s"], 1), "rayrm_wall_s": round(summary["wall_s"], 1),
@@ -171,6 +181,44 @@ def throughput(args: argparse.Namespace) -> None:
     }
     print(json.dumps(table, indent=2))
     print(f"RESULT rayrm {ours_tps:.0f} tokens/s vs plain loop {base_tps:.0f} tokens/s: {ours_tps / base_tps:.2f}x")
+
+
+# ---------------------------------------------------------------- agreement mode
+def agreement(args: argparse.Namespace) -> None:
+    from rayrm.hardware import has_amx_bf16, inference_dtype
+    from rayrm.infer import RewardScorer
+
+    if not args.model:
+        raise SystemExit("--agreement needs --model <a trained export>")
+    with open(HH) as f:
+        pairs = [json.loads(line) for _, line in zip(range(args.pairs), f)]
+    prompts = [p["prompt"] for p in pairs] * 2
+    comps = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    scorers = {d: RewardScorer(args.model, dtype=d, torch_threads=args.torch_threads) for d in ("fp32", "bf16")}
+    ids = scorers["fp32"].tokenize(prompts, comps).ids
+    for sc in scorers.values():
+        sc.score_ids(ids[:32])  # warm-up
+    secs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    rewards: dict[str, np.ndarray] = {}
+    for rep in range(args.reps):
+        for d in (("fp32", "bf16") if rep % 2 == 0 else ("bf16", "fp32")):
+            t = time.perf_counter()
+            rewards[d] = scorers[d].score_ids(ids)
+            secs[d].append(time.perf_counter() - t)
+    n = len(pairs)
+    order = {d: rewards[d][:n] > rewards[d][n:] for d in rewards}
+    fp32_acc = float(order["fp32"].mean())
+    rps = {d: len(ids) * len(v) / sum(v) for d, v in secs.items()}
+    print(json.dumps({
+        "model": args.model, "pairs": n, "rows": len(ids), "tokens": sum(map(len, ids)), "threads": args.torch_threads,
+        "amx_bf16": has_amx_bf16(), "auto_picks": inference_dtype("auto", "cpu"),
+        "rows_per_s": {d: round(v, 1) for d, v in rps.items()}, "seconds": secs,
+        "pair_order_agreement": float((order["fp32"] == order["bf16"]).mean()),
+        "accuracy_fp32": fp32_acc, "accuracy_bf16": float(order["bf16"].mean()),
+        "max_abs_reward_diff": float(np.abs(rewards["fp32"] - rewards["bf16"]).max()),
+    }, indent=2))
+    print(f"RESULT bf16 keeps the fp32 order of {(order['fp32'] == order['bf16']).mean():.4f} of {n} pairs; "
+          f"bf16 runs {rps['bf16'] / rps['fp32']:.2f}x fp32 here (auto picks {inference_dtype('auto', 'cpu')})")
 
 
 # ---------------------------------------------------------------- scale mode
@@ -282,7 +330,7 @@ def main() -> None:
                    help="> 0: scoring actors get a GPU share, and the plain loop and matmul peaks run on cuda")
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--baseline-rows", type=int, default=0, help="score only the first N rows with the plain loop (0: all)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
     p.add_argument("--num-actors", type=int, default=1)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
@@ -291,9 +339,15 @@ def main() -> None:
     p.add_argument("--scale", action="store_true", help="run the scale mode instead")
     p.add_argument("--scale-rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="scale mode: extra scoring-config overrides, e.g. --set task_max_calls=null")
+                   help="extra scoring-config overrides, e.g. --set task_max_calls=null")
+    p.add_argument("--agreement", action="store_true", help="run the bf16-vs-fp32 agreement mode instead")
+    p.add_argument("--pairs", type=int, default=400, help="agreement mode: HH pairs scored")
+    p.add_argument("--reps", type=int, default=2, help="agreement mode: timed repetitions per dtype")
     args = p.parse_args()
-    scale(args) if args.scale else throughput(args)
+    if args.agreement:
+        agreement(args)
+    else:
+        scale(args) if args.scale else throughput(args)
 
 
 if __name__ == "__main__":

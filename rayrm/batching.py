@@ -113,3 +113,55 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: in
         batches.append(order[start : start + n])
         start += n
     return batches
+
+
+def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, capacity: int | None = None) -> dict[str, torch.Tensor]:
+    """Sequences -> packed rows: several sequences per row, none split, first-fit in decreasing length.
+
+    `capacity` tokens per row (default: the longest sequence, so no row is longer than the unpacked batch would be);
+    a sequence longer than `capacity` gets a row of its own. Returns
+      input_ids, position_ids (r, L): positions restart at 0 for every sequence (transformers reads sequence
+        boundaries from them) and for a row's tail padding, which so forms a segment of its own;
+      last (n,): each sequence's last token as an index into the flattened (r * L) tokens, in input order;
+      seq_len (n,): the sequences' lengths;
+      cu_seq_lens (segments + 1,) int32: segment boundaries in the flattened tokens (sequences and tail paddings,
+        row by row), as varlen attention kernels take them; max_length (): the longest segment.
+    """
+    lens = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    if len(lens) == 0:
+        raise ValueError("pack_sequences needs at least one sequence")
+    cap = max(int(capacity or 0), int(lens.max()))
+    order = np.argsort(-lens, kind="stable")
+    free = np.empty(0, dtype=np.int64)  # free tokens per open row
+    row_of = np.empty(len(lens), dtype=np.int64)
+    members: list[list[int]] = []
+    for i in order:
+        fits = np.flatnonzero(free >= lens[i])
+        if len(fits):
+            r = int(fits[0])
+        else:
+            r, free = len(free), np.append(free, cap)
+            members.append([])
+        free[r] -= lens[i]
+        row_of[i] = r
+        members[r].append(int(i))
+    width = cap if len(members) > 1 else int(lens.sum())
+    ids = torch.full((len(members), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(members), width), dtype=torch.long)
+    last = torch.empty(len(lens), dtype=torch.long)
+    bounds = [0]
+    for r, row in enumerate(members):
+        at = 0
+        for i in row:
+            n = int(lens[i])
+            ids[r, at : at + n] = torch.as_tensor(np.asarray(seqs[i], dtype=np.int64))
+            pos[r, at : at + n] = torch.arange(n)
+            last[i] = r * width + at + n - 1
+            at += n
+            bounds.append(r * width + at)
+        if at < width:
+            pos[r, at:] = torch.arange(width - at)
+            bounds.append((r + 1) * width)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    return {"input_ids": ids, "position_ids": pos, "last": last, "seq_len": torch.as_tensor(lens),
+            "cu_seq_lens": cu, "max_length": torch.tensor(int((cu[1:] - cu[:-1]).max()))}

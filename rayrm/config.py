@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from rayrm.errors import InputNotFoundError, UserError
 
@@ -53,6 +53,9 @@ def _required(cfg: Any, *names: str) -> None:
 
 Dtype = Literal["auto", "fp32", "bf16"]  # auto: rayrm.hardware picks per node (bf16 on AMX CPUs and bf16 GPUs)
 PosInt = Annotated[int, Field(ge=1)]
+# auto/on/off; YAML 1.1 reads a bare on/off as true/false, which means the same here
+Switch = Annotated[Literal["auto", "on", "off"],
+                   BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v)]
 
 
 # ---------------------------------------------------------------- training job schema
@@ -83,15 +86,21 @@ class DeepSpeedConfig(Section):
     gradient_clipping: float = F(1.0, "max global grad norm", gt=0)
 
 
+# glibc malloc settings of a training worker: one arena (the loop's non-main thread would get its own), no mmap for
+# large blocks and no trimming, so the activations freed after each backward are reused instead of returned to the
+# kernel and page-faulted in again at the next forward (+5% loop speed in bench/ray_tax_bench.py; RSS stays at peak)
+WORKER_MALLOC = {"MALLOC_ARENA_MAX": 1, "MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 2**36}
+
+
 class ScalingConfig(Section):
     num_workers: int = F(2, "Ray Train workers = data-parallel ranks", ge=1)
     use_gpu: bool = F(False, "one GPU per worker, nccl backend; false -> gloo on CPU")
     cpus_per_worker: float = F(0.5, "fractional so Ray Data's read/map tasks still get a CPU", gt=0)
     torch_threads: PosInt | None = F(None, "intra-op threads per worker; null -> leave torch's default")
     worker_env: dict[str, str | int | float] = F(
-        lambda: {"MALLOC_ARENA_MAX": 1}, "environment variables of the training worker processes (Ray Train's "
-        "worker_runtime_env); MALLOC_ARENA_MAX 1: the loop runs in a worker's non-main thread, whose glibc arena "
-        "page-faults more than the main one (bench/ray_tax_bench.py)")
+        lambda: dict(WORKER_MALLOC), "environment variables of the training worker processes (Ray Train's "
+        "worker_runtime_env); the default keeps glibc malloc from handing freed activations back to the kernel "
+        "(the loop runs in a worker's non-main thread, which page-faults more; bench/ray_tax_bench.py)")
 
 
 class OptimConfig(Section):
@@ -123,6 +132,9 @@ class TrainLoopConfig(Section):
     group_by_length: bool = F(True, "sort pairs by length inside a buffer so micro-batches carry little padding")
     forward_chunks: int = F(4, "a micro-batch runs as up to this many forwards of similar-length rows (less padding, "
                                "same rewards); ZeRO-3 always uses 1", ge=1)
+    packing: Switch = F(
+        "auto", "decoders: several sequences per row, attention kept inside each (no padding); auto is off "
+                "(rayrm.hardware.packing_layout says where it was measured slower)")
     length_group_batches: int = F(4, "micro-batches per length-sorting buffer: larger pads less, but bunches the long "
                                      "pairs into the same steps", ge=1)
     seed: int = F(42, "seeds the new head (or a model built from a config) and the batch order")
@@ -162,7 +174,7 @@ class ScoreConfig(Section):
     messages_field: str = F("messages", "alternative to prompt/completion: a conversation ending in the assistant turn")
     id_field: str = F("id", "kept when present; otherwise derived as \"<file>:<row>\" (stable across reruns)")
     prompt_id_field: str = F("prompt_id", "groups the N completions of one prompt for best-of-N")
-    best_of_n: Literal["auto", "on", "off"] = F("auto", "auto: when the input has prompt ids; on: require them; off")
+    best_of_n: Switch = F("auto", "auto: when the input has prompt ids; on: require them; off")
     top_k: int = F(1, "best-of-N also lists the top k completions per prompt when > 1", ge=1)
     best_of_n_rows_per_pass: int = F(2_000_000, "best-of-N holds this many (prompt_id, id, reward) rows in the driver",
                                      ge=1)
@@ -177,6 +189,8 @@ class ScoreConfig(Section):
     malloc_arena_max: PosInt | None = F(2, "MALLOC_ARENA_MAX for the stage workers (less heap growth); null: glibc's")
     token_budget: int = F(16384, "max padded tokens (rows x longest) per forward", ge=16)
     max_batch_rows: int = F(256, "max rows per forward", ge=1)
+    packing: Switch = F("auto", "decoder exports: several rollouts per row, attention kept "
+                                                      "inside each; auto: where measured faster (rayrm.hardware)")
     block_rows: int = F(2048, "rows per Ray Data block; length-sorting happens inside each block", ge=1)
     on_bad_row: Literal["error", "mark"] = F("error", "error: stop naming file/row/field; mark: keep the row, fill "
                                                       "`error`, no reward")
@@ -221,6 +235,8 @@ class ServeConfig(Section):
     batch_wait_timeout_s: float = F(0.0, "how long a batch's first row waits for company; 0: a batch runs once the "
                                          "replica is free, and rows that arrive meanwhile form the next", ge=0)
     token_budget: int = F(16384, "tokens per gathered batch (and padded tokens per forward)", ge=16)
+    packing: Switch = F("auto", "decoder exports: several rows share a forward row, attention "
+                                                      "kept inside each; auto: where measured faster (rayrm.hardware)")
     max_items: int = F(256, "rows per request; more -> 422 naming the field", ge=1)
     max_text_chars: int = F(32768, "characters per prompt or completion (a message list: all its contents)", ge=1)
     auth_token_env: str | None = F(None, "env var holding a bearer token; set -> every route but /healthz needs it",

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rayrm.batching import group_sequences, pad_batch
+from rayrm.batching import group_sequences, pack_sequences, pad_batch
 from rayrm.errors import InputNotFoundError, UserError
 
 RESPONSE_FIELDS = ("chosen", "rejected")
@@ -409,12 +409,17 @@ PairTokenizer = GroupTokenizer  # a pair is a group of two
 
 
 # ---------------------------------------------------------------- collation
-def collate_groups(batch: dict[str, Any], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate_groups(
+    batch: dict[str, Any], pad_id: int, padding_side: str = "right", pack: str = "off"
+) -> dict[str, torch.Tensor]:
     """Ray batch of g groups -> one forward batch of all their sequences plus the group layout.
 
     Sequences are laid out rank-major (every group's best, then every group's second, ...), so for pairs rows
     [0, g) are chosen and [g, 2g) rejected. `index` (g, K) points each group's completions (best first) at their
     rows, -1 where a group has fewer than K; `mask` (g, K) marks the real ones. Scores: `rewards[index] * mask`.
+    `pack` "rows"/"row" packs the sequences (`rayrm.batching.pack_sequences`; "row": all in one row) instead of
+    padding them: input_ids, position_ids, last, cu_seq_lens, max_length replace input_ids, attention_mask.
+    Either way `seq_len` (n,) holds each sequence's length.
     """
     per_group = [group_sequences(i, n) for i, n in zip(batch["ids"], batch["lens"])]
     g = len(per_group)
@@ -426,10 +431,13 @@ def collate_groups(batch: dict[str, Any], pad_id: int, padding_side: str = "righ
             if r < len(x):
                 index[j, r] = len(seqs)
                 seqs.append(x[r])
-    ids, mask = pad_batch(seqs, pad_id, padding_side)
+    if pack == "off":
+        ids, mask = pad_batch(seqs, pad_id, padding_side)
+        model_in = {"input_ids": ids, "attention_mask": mask, "seq_len": mask.sum(-1)}
+    else:
+        model_in = pack_sequences(seqs, pad_id, sum(len(x) for x in seqs) if pack == "row" else None)
     return {
-        "input_ids": ids,
-        "attention_mask": mask,
+        **model_in,
         "index": index,
         "group_mask": index >= 0,
         "margin": torch.tensor(np.asarray(batch["margin"], dtype=np.float32)),

@@ -64,3 +64,13 @@ def training_precision(precision: str, device_type: str) -> str:
     if (pinned := _pinned()) is not None:
         return pinned
     return "bf16" if device_type == "cuda" and cuda_bf16() else "fp32"
+
+
+def packing_layout(packing: str, device_type: str) -> str:
+    """`packing: auto|on|off` -> how a decoder's sequences are laid out: "off" (padded rows), "rows" (packed rows
+    no longer than the longest sequence; SDPA with transformers' block-diagonal mask: CPUs) or "row" (one packed row
+    through the flash varlen kernel: GPUs). `auto` is off: on a CPU, length-grouped padded forwards measured faster
+    than packed rows (docs/benchmarks.md), and on a GPU packing has not been measured yet."""
+    if packing == "off" or packing == "auto":
+        return "off"
+    return "row" if device_type == "cuda" else "rows"

@@ -81,13 +81,14 @@ class RewardScorer:
         max_batch_rows: int = 256,
         torch_threads: int | None = None,
         max_padding: float | str | None = "auto",
+        packing: str = "auto",
     ):
         from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
         from rayrm.data import special_layout
         from rayrm.model import load_tokenizer, read_meta
 
-        from rayrm.hardware import inference_dtype
+        from rayrm.hardware import inference_dtype, packing_layout
 
         if dtype not in (*DTYPES, "auto"):
             raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
@@ -117,6 +118,15 @@ class RewardScorer:
         if max_padding == "auto":
             max_padding = CPU_MAX_PADDING if self.device.type == "cpu" else None
         self.max_padding: float | None = max_padding  # type: ignore[assignment]
+        decoder = self.task == "reward" and self.meta.get("reward_readout") == "last_non_pad_token"
+        if packing == "on" and not decoder:
+            raise ValueError(f"packing=on needs a decoder reward model; {self.model_dir} is a "
+                             f"{self.meta.get('architecture')} ({self.task}): set packing to off or auto")
+        self.packing: str = packing_layout(packing, self.device.type) if decoder else "off"
+        if self.packing == "row":
+            from rayrm.model import use_varlen_attention
+
+            use_varlen_attention(self.model)
         self.reward_mean = float(self.meta.get("reward_mean", 0.0))
         self.reward_std = float(self.meta.get("reward_std", 1.0))
         # calibration temperature fitted on the eval split (train.calibrate): P(a > b) = sigmoid((r_a - r_b) / T)
@@ -140,9 +150,9 @@ class RewardScorer:
     ) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """(rewards (n,), per-row arrays): ORM per-token and PRM per-step probabilities of being correct, with the
         reward their aggregate (rayrm.json `aggregate`); (rewards, None) for a scalar RM."""
-        from rayrm.batching import pad_batch
+        from rayrm.batching import pack_sequences, pad_batch
         from rayrm.metrics import aggregate_scores
-        from rayrm.model import compute_rewards
+        from rayrm.model import compute_rewards, packed_rewards
         from rayrm.token_tasks import token_probabilities
 
         out = np.empty(len(seqs), dtype=np.float32)
@@ -151,8 +161,16 @@ class RewardScorer:
             raise ValueError(f"a {self.task} export needs the token marks from tokenize()")
         if not len(seqs):
             return out, details
+        packed = self.packing != "off"  # a packed forward holds no padding: only the token budget bounds it
         for idx in token_budget_batches([len(s) for s in seqs], self.token_budget, self.max_batch_rows,
-                                        self.max_padding):
+                                        None if packed else self.max_padding):
+            if packed:
+                rows = [seqs[i] for i in idx]
+                p = pack_sequences(rows, self.tokenizer.pad_token_id,
+                                   sum(map(len, rows)) if self.packing == "row" else None)
+                p = {k: v.to(self.device) for k, v in p.items() if k != "seq_len"}
+                out[idx] = packed_rewards(self.model, **p).float().cpu().numpy()
+                continue
             ids, mask = pad_batch([seqs[i] for i in idx], self.tokenizer.pad_token_id, "right")
             ids, mask = ids.to(self.device), mask.to(self.device)
             if details is None:

@@ -197,6 +197,91 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     return model.score(pooled)[:, 0]
 
 
+VARLEN = "rayrm_varlen"  # attention implementation name under which `varlen_attention` is registered
+
+
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function for packed rows: causal attention inside each segment of `cu_seq_lens_q`.
+
+    query (1, h, T, d), key/value (1, h_kv, T, d) -> (1, T, h, d). On CUDA in bf16/fp16 it is torch's flash varlen
+    kernel (`torch.nn.attention.varlen.varlen_attn`): no padding and no (T, T) mask; elsewhere the same segments
+    through SDPA one by one. A call without `cu_seq_lens_q` (an unpacked batch) is plain SDPA.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"varlen attention takes one packed row, got {query.shape[0]}")
+    gqa = key.shape[1] != query.shape[1]
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+        from torch.nn.attention.varlen import varlen_attn
+
+        q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (T, h, d)
+        m = int(kwargs["max_length_q"])
+        out = varlen_attn(q, k, v, cu, cu, m, m, scale=scaling, window_size=(-1, 0), enable_gqa=gqa)
+        return out.unsqueeze(0), None
+    bounds = cu.tolist()
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:z], key[:, :, a:z], value[:, :, a:z], is_causal=True, scale=scaling, enable_gqa=gqa
+        )
+        for a, z in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_varlen_attention(model: PreTrainedModel) -> None:
+    """Switch a decoder to `varlen_attention` (registered with transformers once); unpacked batches still run SDPA."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+    def mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
+        # packed rows come without a mask and need none (the segments are the mask); a padded batch gets SDPA's
+        return None if attention_mask is None else sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+    if VARLEN not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(VARLEN, varlen_attention)
+        AttentionMaskInterface.register(VARLEN, mask)
+    model.set_attn_implementation(VARLEN)
+
+
+def packed_rewards(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    last: torch.Tensor,
+    cu_seq_lens: torch.Tensor | None = None,
+    max_length: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scalar rewards (n,) of n sequences packed into rows (r, L) by `rayrm.batching.pack_sequences`.
+
+    Decoders only. No attention mask: transformers confines attention to each sequence from the restarting
+    `position_ids` (SDPA gets a block-diagonal causal mask), or, with `use_varlen_attention`, the segments of
+    `cu_seq_lens` go to the varlen kernel. Each reward is the score head at its sequence's last token (`last`).
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    kw: dict[str, Any] = {}
+    if model.config._attn_implementation == VARLEN:
+        if input_ids.shape[0] != 1:
+            input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
+        m = int(max_length) if max_length is not None else int(input_ids.shape[1])
+        kw = {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": m, "max_length_k": m}
+    hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).last_hidden_state
+    return model.score(hidden.reshape(-1, hidden.shape[-1])[last])[:, 0]
+
+
 def chunked_rewards(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_chunks: int
 ) -> torch.Tensor:

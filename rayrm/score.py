@@ -325,11 +325,12 @@ def tokenize_block(t: pa.Table, cfg: ScoreConfig) -> pa.Table:
 class ScoreActor:
     """Ray Data callable class: one `RewardScorer` per actor; a block in, the block with rewards out."""
 
-    def __init__(self, model_dir: str, dtype: str, token_budget: int, max_batch_rows: int, torch_threads: int | None):
+    def __init__(self, model_dir: str, dtype: str, token_budget: int, max_batch_rows: int, torch_threads: int | None,
+                 packing: str = "auto"):
         from rayrm.infer import RewardScorer
 
         self.scorer = RewardScorer(model_dir, dtype=dtype, token_budget=token_budget,
-                                   max_batch_rows=max_batch_rows, torch_threads=torch_threads)
+                                   max_batch_rows=max_batch_rows, torch_threads=torch_threads, packing=packing)
 
     def __call__(self, t: pa.Table) -> pa.Table:
         ok = pc.is_null(t["error"]).to_numpy(zero_copy_only=False)
@@ -515,7 +516,8 @@ def run_scoring(cfg: ScoreConfig, before_write: Callable[[str], None] | None = N
     ds = ds.map_batches(
         ScoreActor, batch_format="pyarrow", batch_size=cfg.block_rows,
         fn_constructor_kwargs={"model_dir": c.model, "dtype": cfg.dtype, "token_budget": cfg.token_budget,
-                               "max_batch_rows": cfg.max_batch_rows, "torch_threads": threads},
+                               "max_batch_rows": cfg.max_batch_rows, "torch_threads": threads,
+                               "packing": cfg.packing},
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None, runtime_env=env,
     )

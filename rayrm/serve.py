@@ -151,6 +151,7 @@ class RewardServer:
         gil_switch_interval_s: float | None = None,
         max_body_bytes: int = 16 * 2**20,
         served_model_name: str | None = None,
+        packing: str = "auto",
     ) -> None:
         import torch
 
@@ -164,7 +165,7 @@ class RewardServer:
             sys.setswitchinterval(gil_switch_interval_s)
 
         self.scorer = RewardScorer(model, dtype=dtype, token_budget=token_budget, max_batch_rows=max_batch_size,
-                                   torch_threads=torch_threads)
+                                   torch_threads=torch_threads, packing=packing)
         self.token = _read_token(auth_token_env)
         self.batching = batching
         self.max_batch_size = max_batch_size
@@ -544,7 +545,7 @@ def reward_app(cfg: ServeConfig) -> Application:
         token_budget=cfg.token_budget, max_items=cfg.max_items, max_text_chars=cfg.max_text_chars,
         auth_token_env=cfg.auth_token_env, openrlhf_normalized=cfg.openrlhf_normalized,
         gil_switch_interval_s=cfg.gil_switch_interval_s, max_body_bytes=cfg.max_body_bytes,
-        served_model_name=cfg.served_model_name,
+        served_model_name=cfg.served_model_name, packing=cfg.packing,
     )
 
 

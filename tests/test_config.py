@@ -40,6 +40,18 @@ def test_dotted_overrides_are_typed():
     assert cfg.scaling.num_workers == 16 and cfg.scaling.use_gpu is True and cfg.optim.lr == 1e-5
 
 
+
+def test_on_off_switches_accept_yaml_booleans(tmp_path):
+    # YAML 1.1 reads a bare `on`/`off` as true/false: both spellings mean the same switch
+    path = tmp_path / "t.yaml"
+    path.write_text("train:\n  packing: off\n")
+    assert load_config(path, [], TrainConfig).train.packing == "off"
+    assert load_config(None, ["train.packing=on"], TrainConfig).train.packing == "on"
+    assert load_config(None, ["train.packing=auto"], TrainConfig).train.packing == "auto"
+    with pytest.raises(ConfigError, match="train.packing"):
+        load_config(None, ["train.packing=sometimes"], TrainConfig)
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [

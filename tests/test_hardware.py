@@ -49,3 +49,12 @@ def test_scorer_resolves_auto_and_reports_it(tiny_export, unpinned):
     scorer = RewardScorer(tiny_export)  # dtype auto
     assert scorer.dtype == inference_dtype("auto", "cpu")
     assert str(next(scorer.model.parameters()).dtype) == {"fp32": "torch.float32", "bf16": "torch.bfloat16"}[scorer.dtype]
+
+
+def test_packing_layout_per_device():
+    from rayrm.hardware import packing_layout
+
+    for device in ("cpu", "cuda"):
+        assert packing_layout("off", device) == packing_layout("auto", device) == "off"
+    assert packing_layout("on", "cpu") == "rows"  # SDPA with transformers' packed-sequence mask
+    assert packing_layout("on", "cuda") == "row"  # one row through the flash varlen kernel

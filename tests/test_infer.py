@@ -1,6 +1,7 @@
 """Inference core (no Ray): token-budget batching and batch-invariant rewards for decoder and encoder exports."""
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -45,8 +46,10 @@ def test_scorer_limits_padding_on_cpu_only_by_default(tiny_export):
     assert RewardScorer(tiny_export, max_padding=None).max_padding is None
 
 
-def _check_batch_invariance(export: str, rollouts: list[dict]) -> None:
-    scorer = RewardScorer(export, token_budget=4096, max_padding=None)  # padded batches, not the CPU default
+def _check_batch_invariance(export: str, rollouts: list[dict], packing: str = "off") -> None:
+    # padded batches (not the CPU default), or packed rows
+    scorer = RewardScorer(export, token_budget=4096, max_padding=None, packing=packing)
+    assert scorer.packing == ("off" if packing == "off" else "rows")
     prompts = [r["prompt"] for r in rollouts[:24]]
     comps = [r["completion"] for r in rollouts[:24]]
     batched = scorer.score(prompts, comps)
@@ -65,6 +68,17 @@ def test_decoder_rewards_do_not_depend_on_batching(tiny_export, rollouts):
 
 def test_encoder_rewards_do_not_depend_on_batching(minilm_export, rollouts):
     _check_batch_invariance(minilm_export, rollouts)
+
+
+def test_packed_decoder_scoring_equals_each_row_alone(tiny_export, rollouts):
+    _check_batch_invariance(tiny_export, rollouts, packing="on")
+
+
+def test_packing_auto_and_encoders(tiny_export, minilm_export):
+    assert RewardScorer(tiny_export).packing == "off"  # auto: packing measured slower on CPUs
+    assert RewardScorer(minilm_export, packing="auto").packing == "off"
+    with pytest.raises(ValueError, match="packing=on needs a decoder"):
+        RewardScorer(minilm_export, packing="on")
 
 
 def test_messages_render_like_prompt_completion_text(tiny_export):

@@ -36,10 +36,28 @@ class RewardModule(torch.nn.Module):
         self.model = model
         self.max_chunks = max_chunks  # forwards per batch, rows grouped by length (rayrm.model.chunked_rewards)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from rayrm.model import chunked_rewards
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        last: torch.Tensor | None = None,
+        cu_seq_lens: torch.Tensor | None = None,
+        max_length: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A padded batch (input_ids, attention_mask) or packed rows (`rayrm.batching.pack_sequences`) -> (n,)."""
+        from rayrm.model import chunked_rewards, packed_rewards
 
+        if attention_mask is None:
+            return packed_rewards(self.model, input_ids, position_ids, last, cu_seq_lens, max_length)
         return chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
+
+
+def packing(cfg: TrainConfig) -> str:
+    """train.packing resolved for this worker's device: "off", "rows" or "row" (rayrm.hardware.packing_layout)."""
+    from rayrm.hardware import packing_layout
+
+    return packing_layout(cfg.train.packing, "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
 
 
 def resolved_precision(cfg: TrainConfig) -> str:
@@ -77,7 +95,9 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
     Needs an initialised torch.distributed process group (Ray Train sets one up; a plain process can init gloo)."""
     import deepspeed
 
-    from rayrm.model import disable_dropout, is_decoder, load_reward_model, load_token_model, load_tokenizer
+    from rayrm.config import ConfigError
+    from rayrm.model import (disable_dropout, is_decoder, load_reward_model, load_token_model, load_tokenizer,
+                             use_varlen_attention)
 
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code, cfg.padding_side)
     if cfg.task == "reward":
@@ -87,7 +107,15 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
         module: torch.nn.Module = RewardModule(model, chunks)
         if not is_decoder(model):
             tok.padding_side = "right"  # encoder poolers read position 0
+            if cfg.train.packing == "on":
+                raise ConfigError(f"train.packing=on needs a decoder model; {cfg.model} is an encoder "
+                                  f"({type(model).__name__}): set train.packing=off")
+        elif packing(cfg) == "row":
+            use_varlen_attention(model)
     else:  # token-level heads: right padding, so causal decoders need no position fix-up
+        if cfg.train.packing == "on":
+            raise ConfigError(f"train.packing=on is for scalar reward models; task {cfg.task} trains a token "
+                              "classifier: set train.packing=off")
         model = load_token_model(cfg.model, tok, 1 if cfg.task == "orm" else 3, cfg.trust_remote_code,
                                  seed=cfg.train.seed)
         module = TokenModule(model)
@@ -121,9 +149,14 @@ def device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask")
+PACKED_INPUTS = ("input_ids", "position_ids", "last", "cu_seq_lens", "max_length")
+
+
 def group_scores(engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """One forward over every completion of every group -> scores (g, K) in fp32, best first (0 where masked)."""
-    r = engine(batch["input_ids"], batch["attention_mask"]).float()  # (n_seq,)
+    keys = MODEL_INPUTS if "attention_mask" in batch else PACKED_INPUTS
+    r = engine(**{k: batch[k] for k in keys}).float()  # (n_seq,)
     return r[batch["index"].clamp(min=0)] * batch["group_mask"]
 
 
@@ -151,13 +184,13 @@ def step_loss_for(cfg: TrainConfig) -> StepLoss:
 
 
 # ---------------------------------------------------------------- micro-batches
-def collate(task: str, b: dict[str, Any], tok: Any) -> dict[str, torch.Tensor]:
-    """Tokenised rows (a Ray Data numpy batch) -> the forward batch of the task."""
+def collate(task: str, b: dict[str, Any], tok: Any, pack: str = "off") -> dict[str, torch.Tensor]:
+    """Tokenised rows (a Ray Data numpy batch) -> the forward batch of the task (`pack`: see `packing`)."""
     from rayrm.data import collate_groups
     from rayrm.token_tasks import collate_tokens
 
     if task == "reward":
-        return collate_groups(b, tok.pad_token_id, tok.padding_side)
+        return collate_groups(b, tok.pad_token_id, tok.padding_side, pack)
     return collate_tokens(b, tok.pad_token_id)
 
 
@@ -167,19 +200,19 @@ def micro_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any,
     length-grouped inside each buffer and in a seeded order per epoch."""
     from rayrm.batching import length_grouped
 
-    tr = cfg.train
+    tr, pack = cfg.train, packing(cfg)
     for b in length_grouped(iter(buffers), tr.micro_batch_size, tr.seed + epoch, tr.group_by_length):
         weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
-        yield device_batch(collate(cfg.task, b, tok), device), weight
+        yield device_batch(collate(cfg.task, b, tok, pack), device), weight
 
 
 def eval_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any) -> list[dict[str, torch.Tensor]]:
     """A rank's held-out rows as length-grouped batches of `train.eval_batch_size`, in memory (re-used each eval)."""
     from rayrm.batching import length_grouped
 
-    out = []
+    out, pack = [], packing(cfg)
     for b in length_grouped(iter(buffers), cfg.train.eval_batch_size, 0):
-        batch = collate(cfg.task, b, tok)
+        batch = collate(cfg.task, b, tok, pack)
         batch["weight"] = torch.tensor(b["weight"], dtype=torch.float32)
         out.append(batch)
     return out

@@ -43,7 +43,7 @@ def evaluate_pairs(
             keep = batch["weight"] > 0  # filler groups count in no metric
             mask = batch["group_mask"][keep]
             c, r, _ = group_pairs(scores[keep], mask)
-            seq_len = batch["attention_mask"].sum(-1)[batch["index"].clamp(min=0)][keep].float()  # (g, K)
+            seq_len = batch["seq_len"][batch["index"].clamp(min=0)][keep].float()  # (g, K)
             lc, lr, _ = group_pairs(seq_len, mask)
             rc.append(c)
             rr.append(r)

@@ -1,0 +1,79 @@
+"""Packed decoder batches (several sequences per row, attention kept inside each) equal padded ones: rewards, loss
+and gradients to 1e-5 in fp32, through transformers' packed-sequence mask (SDPA) and rayrm's varlen attention."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MINILM, TINY_QWEN3
+from rayrm.batching import pack_sequences, pad_batch
+from rayrm.losses import bradley_terry_loss
+from rayrm.model import compute_rewards, load_reward_model, load_tokenizer, packed_rewards, use_varlen_attention
+
+
+def _seqs(n: int, seed: int, lo: int = 1, hi: int = 60) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(5, 1000, int(k)).tolist() for k in rng.integers(lo, hi, n)]
+
+
+def test_pack_sequences_layout():
+    seqs = _seqs(11, 0) + [[7]]  # a one-token sequence too
+    p = pack_sequences(seqs, pad_id=0)
+    ids, pos, last, cu = p["input_ids"], p["position_ids"], p["last"], p["cu_seq_lens"]
+    longest = max(map(len, seqs))
+    assert ids.shape[1] == longest and ids.shape[0] < len(seqs)  # rows no longer than the longest; some shared
+    flat_ids, flat_pos = ids.reshape(-1), pos.reshape(-1)
+    for s, end in zip(seqs, last.tolist()):
+        start = end - len(s) + 1
+        assert flat_ids[start : end + 1].tolist() == s  # each sequence whole, once, where `last` says
+        assert flat_pos[start : end + 1].tolist() == list(range(len(s)))  # positions restart per sequence
+    real = sum(map(len, seqs))
+    assert int(p["seq_len"].sum()) == real and cu[-1] == ids.numel() and bool((cu[1:] > cu[:-1]).all())
+    assert int(p["max_length"]) == longest
+    one = pack_sequences(seqs, pad_id=0, capacity=real)  # the varlen layout: one row, no padding at all
+    assert one["input_ids"].shape == (1, real) and len(one["cu_seq_lens"]) == len(seqs) + 1
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
+def test_packed_equals_padded_rewards_loss_and_gradients(attention):
+    tok = load_tokenizer(MINILM)
+    seqs = _seqs(12, 1)  # 6 pairs: rows [0, 6) chosen, [6, 12) rejected
+    grads, values = [], []
+    for packed in (False, True):
+        model = load_reward_model(TINY_QWEN3, tok, seed=4)
+        if attention == "varlen":
+            use_varlen_attention(model)
+        model.train()
+        if packed:
+            p = pack_sequences(seqs, tok.pad_token_id, sum(map(len, seqs)) if attention == "varlen" else None)
+            r = packed_rewards(model, p["input_ids"], p["position_ids"], p["last"], p["cu_seq_lens"], p["max_length"])
+        else:
+            r = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
+        loss = bradley_terry_loss(r[:6], r[6:])
+        loss.backward()
+        values.append((r.detach(), loss.detach()))
+        grads.append({n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None})
+    (r0, l0), (r1, l1) = values
+    assert r0.std() > 0 and torch.allclose(r0, r1, atol=1e-5), (r0 - r1).abs().max()
+    assert torch.allclose(l0, l1, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), (n, (grads[0][n] - grads[1][n]).abs().max())
+
+
+def test_packed_rows_do_not_see_each_other():
+    # the same sequence packed beside different neighbours gives the same reward; without the restarting
+    # positions (one long sequence) it would not
+    tok = load_tokenizer(MINILM)
+    model = load_reward_model(TINY_QWEN3, tok, seed=5).eval()
+    target = _seqs(1, 2, 20, 21)[0]
+    with torch.no_grad():
+        alone = compute_rewards(model, torch.tensor([target]), torch.ones(1, len(target), dtype=torch.long))[0]
+        for seed in (3, 4):
+            seqs = [target] + _seqs(5, seed)
+            p = pack_sequences(seqs, tok.pad_token_id, capacity=sum(map(len, seqs)))
+            assert p["input_ids"].shape[0] == 1
+            r = packed_rewards(model, p["input_ids"], p["position_ids"], p["last"])
+            assert torch.allclose(r[0], alone, atol=1e-5)
+            glued = packed_rewards(model, p["input_ids"], torch.arange(p["input_ids"].shape[1])[None], p["last"])
+            assert not torch.allclose(glued[1:], r[1:], atol=1e-3)  # one causal sequence: later ones see earlier
