@@ -56,14 +56,17 @@ def inference_dtype(dtype: str, device_type: str, flags: Iterable[str] | None = 
     return "bf16" if has_amx_bf16(flags) else "fp32"
 
 
-def training_precision(precision: str, device_type: str) -> str:
-    """Training: `auto` -> bf16 (DeepSpeed's bf16 mode) on a bf16 GPU, fp32 elsewhere. On CPUs, AMX included,
-    DeepSpeed's bf16 mode has not been measured faster than fp32, so `auto` keeps fp32 there."""
+def training_precision(precision: str, device_type: str, flags: Iterable[str] | None = None) -> str:
+    """Training: `auto` -> bf16 on a bf16 GPU (DeepSpeed's bf16 mode) and on an AMX CPU (fp32 weights, forward under
+    bf16 autocast: DeepSpeed's bf16 mode gains nothing on a CPU, autocast's matmuls run on the tile unit), fp32
+    elsewhere. The loss and the reward read-out stay fp32 either way."""
     if precision != "auto":
         return precision
     if (pinned := _pinned()) is not None:
         return pinned
-    return "bf16" if device_type == "cuda" and cuda_bf16() else "fp32"
+    if device_type == "cuda":
+        return "bf16" if cuda_bf16() else "fp32"
+    return "bf16" if has_amx_bf16(flags) else "fp32"
 
 
 def packing_layout(packing: str, device_type: str) -> str:

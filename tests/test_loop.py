@@ -110,3 +110,31 @@ def test_packing_on_an_encoder_is_a_config_error(tmp_path, hh_small):
                              "train.packing=on"], TrainConfig)
     with pytest.raises(ConfigError, match="train.packing=on needs a decoder model"):
         setup_engine(cfg, 10)
+
+
+def test_bf16_on_a_cpu_is_autocast_with_fp32_weights(tmp_path, hh_small):
+    # deepspeed.precision=bf16 on a CPU (what auto picks with AMX): the forward runs under bf16 autocast, the weights,
+    # optimizer and loss stay fp32; the curve follows the fp32 one within bf16 rounding, and is not the fp32 one
+    cfg = _cfg(tmp_path, hh_small)
+    fp32, _, _, _ = _plain_curve(cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"precision": "fp32"})}))
+    bf16, _, _, _ = _plain_curve(cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"precision": "bf16"})}))
+    gap = np.abs(np.asarray(bf16) - np.asarray(fp32))
+    assert len(bf16) == len(fp32) and np.isfinite(bf16).all()
+    assert 0 < gap.max() < 0.05, gap
+
+
+def test_cpu_bf16_is_autocast_not_deepspeed_bf16(tmp_path, hh_small):
+    from rayrm.model import load_reward_model, load_tokenizer
+    from rayrm.train.engine import RewardModule, deepspeed_config
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", f"data.path={hh_small}", "deepspeed.precision=bf16"],
+                      TrainConfig)
+    assert deepspeed_config(cfg)["bf16"]["enabled"] is False  # a CPU: fp32 weights, no DeepSpeed bf16 mode
+    model = load_reward_model(TINY_QWEN3, load_tokenizer(MINILM), seed=1)
+    seen = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    ids = torch.randint(5, 1000, (2, 12))
+    for autocast, inner in ((False, torch.float32), (True, torch.bfloat16)):
+        r = RewardModule(model, 1, cpu_autocast=autocast)(ids, torch.ones_like(ids))
+        assert seen[-1] == inner and r.dtype == torch.float32  # matmuls in bf16, rewards (and the loss) in fp32
+    assert next(model.parameters()).dtype == torch.float32

@@ -154,7 +154,7 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
             if cfg.scaling.worker_env else None,
         ),
     )
-    precision = cfg.deepspeed.precision + (" (bf16 on GPUs with bf16, else fp32)" if cfg.deepspeed.precision == "auto" else "")
+    precision = cfg.deepspeed.precision + (" (bf16 on bf16 GPUs and AMX CPUs, else fp32)" if cfg.deepspeed.precision == "auto" else "")
     say(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {precision})")
     t0 = time.time()
     try:

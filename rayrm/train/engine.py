@@ -19,22 +19,25 @@ DEFAULT_AGGREGATE = {"orm": "mean", "prm": "min"}
 class TokenModule(torch.nn.Module):
     """Wraps an HF token classifier (ORM/PRM) so the engine's forward is its logits: (b, s) -> (b, s[, C])."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, cpu_autocast: bool = False):
         super().__init__()
         self.model = model
+        self.cpu_autocast = cpu_autocast  # bf16 autocast (a CPU's bf16 training: weights and loss stay fp32)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
 
 
 class RewardModule(torch.nn.Module):
     """Wraps the HF classifier so the DeepSpeed engine's forward is the reward read-out: (b, s) -> (b,)."""
 
-    def __init__(self, model: torch.nn.Module, max_chunks: int = 1):
+    def __init__(self, model: torch.nn.Module, max_chunks: int = 1, cpu_autocast: bool = False):
         super().__init__()
         self.model = model
         self.max_chunks = max_chunks  # forwards per batch, rows grouped by length (rayrm.model.chunked_rewards)
+        self.cpu_autocast = cpu_autocast  # bf16 autocast (a CPU's bf16 training: weights and loss stay fp32)
 
     def forward(
         self,
@@ -48,25 +51,31 @@ class RewardModule(torch.nn.Module):
         """A padded batch (input_ids, attention_mask) or packed rows (`rayrm.batching.pack_sequences`) -> (n,)."""
         from rayrm.model import chunked_rewards, packed_rewards
 
-        if attention_mask is None:
-            return packed_rewards(self.model, input_ids, position_ids, last, cu_seq_lens, max_length)
-        return chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
+            if attention_mask is None:
+                r = packed_rewards(self.model, input_ids, position_ids, last, cu_seq_lens, max_length)
+            else:
+                r = chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
+        return r.float()
+
+
+def on_gpu(cfg: TrainConfig) -> bool:
+    """This worker trains on a GPU: asked for (scaling.use_gpu) and present."""
+    return cfg.scaling.use_gpu and torch.cuda.is_available()
 
 
 def packing(cfg: TrainConfig) -> str:
     """train.packing resolved for this worker's device: "off", "rows" or "row" (rayrm.hardware.packing_layout)."""
     from rayrm.hardware import packing_layout
 
-    return packing_layout(cfg.train.packing, "cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    return packing_layout(cfg.train.packing, "cuda" if on_gpu(cfg) else "cpu")
 
 
 def resolved_precision(cfg: TrainConfig) -> str:
     """deepspeed.precision with `auto` resolved for this worker's device (rayrm.hardware.training_precision)."""
-    import torch
-
     from rayrm.hardware import training_precision
 
-    return training_precision(cfg.deepspeed.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    return training_precision(cfg.deepspeed.precision, "cuda" if on_gpu(cfg) else "cpu")
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -82,7 +91,8 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": tr.gradient_accumulation_steps,
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
-        "bf16": {"enabled": resolved_precision(cfg) == "bf16"},
+        # a GPU's bf16 is DeepSpeed's bf16 mode; a CPU's is autocast in the module (RewardModule.cpu_autocast)
+        "bf16": {"enabled": resolved_precision(cfg) == "bf16" and on_gpu(cfg)},
         "zero_force_ds_cpu_optimizer": False,  # our torch AdamW also runs with CPU offload (DeepSpeedCPUAdam needs a build)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -100,11 +110,12 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
                              use_varlen_attention)
 
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code, cfg.padding_side)
+    cpu_autocast = resolved_precision(cfg) == "bf16" and not on_gpu(cfg)
     if cfg.task == "reward":
         model = load_reward_model(cfg.model, tok, cfg.trust_remote_code, seed=cfg.train.seed)
         # ZeRO-3 gathers parameters in every forward, so every rank must run the same number: one per batch there
         chunks = 1 if cfg.deepspeed.zero_stage == 3 else cfg.train.forward_chunks
-        module: torch.nn.Module = RewardModule(model, chunks)
+        module: torch.nn.Module = RewardModule(model, chunks, cpu_autocast)
         if not is_decoder(model):
             tok.padding_side = "right"  # encoder poolers read position 0
             if cfg.train.packing == "on":
@@ -118,12 +129,12 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
                               "classifier: set train.packing=off")
         model = load_token_model(cfg.model, tok, 1 if cfg.task == "orm" else 3, cfg.trust_remote_code,
                                  seed=cfg.train.seed)
-        module = TokenModule(model)
+        module = TokenModule(model, cpu_autocast)
         tok.padding_side = "right"
     if cfg.train.disable_dropout:
         disable_dropout(model)
     o = cfg.optim
-    gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
+    gpu = on_gpu(cfg)
     if gpu:
         from rayrm.model import fast_gpu_attention
 
