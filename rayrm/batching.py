@@ -133,7 +133,6 @@ def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, capacity: int | N
     cap = max(int(capacity or 0), int(lens.max()))
     order = np.argsort(-lens, kind="stable")
     free = np.empty(0, dtype=np.int64)  # free tokens per open row
-    row_of = np.empty(len(lens), dtype=np.int64)
     members: list[list[int]] = []
     for i in order:
         fits = np.flatnonzero(free >= lens[i])
@@ -143,7 +142,6 @@ def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, capacity: int | N
             r, free = len(free), np.append(free, cap)
             members.append([])
         free[r] -= lens[i]
-        row_of[i] = r
         members[r].append(int(i))
     width = cap if len(members) > 1 else int(lens.sum())
     ids = torch.full((len(members), width), pad_id, dtype=torch.long)

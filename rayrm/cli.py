@@ -41,6 +41,10 @@ JOBS: dict[str, Job] = {
     "score": Job("score rollouts offline with Ray Data (exactly once, resumable) and pick best-of-N", "ScoreConfig",
                  "_run_score", "rayrm score --config configs/score/default.yaml model=/tmp/rayrm-default/final "
                                "input='/data/rollouts/*.jsonl' output=/tmp/scored"),
+    "eval": Job("evaluate reward models on a preference suite (RewardBench formats): accuracy per subset, A/B",
+                "EvalConfig", "_run_eval", "rayrm eval --config configs/eval/default.yaml "
+                                           "model=/tmp/rayrm-default/final input=/data/reward-bench.parquet "
+                                           "output=/tmp/eval"),
     "serve": Job("serve rewards over HTTP with Ray Serve (batched, autoscaled)", "ServeConfig",
                  "_run_serve", "rayrm serve --config configs/serve/default.yaml model=/tmp/rayrm-default/final"),
     "judge": Job("judge preference pairs with a local causal LM, both orders averaged (Ray Data)", "JudgeConfig",
@@ -93,7 +97,7 @@ def keys_help(job: str) -> str:
 def _parser() -> _Parser:
     top = _Parser(
         prog="rayrm",
-        description="Train, score, serve, judge and monitor reward models for RLHF on Ray.",
+        description="Train, score, evaluate, serve, judge and monitor reward models for RLHF on Ray.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="`rayrm JOB --help` lists a job's config keys. Examples:\n"
         + "\n".join(f"  {j.example}" for j in JOBS.values()),
@@ -214,6 +218,16 @@ def _run_score(cfg: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_eval(cfg: Any, args: argparse.Namespace) -> int:
+    from rayrm.eval import run_eval, summary_markdown
+
+    results = run_eval(cfg)
+    print(summary_markdown(results), end="", flush=True)
+    print(f"results: {os.path.join(cfg.output, 'results.json')}  rows: {os.path.join(cfg.output, 'scores.parquet')}",
+          flush=True)
+    return 1 if results["gate_failures"] else 0
+
+
 def _run_serve(cfg: Any, args: argparse.Namespace) -> int:
     from rayrm.serve import run_server  # imports ray.serve, which sets its own logger to INFO
 
@@ -269,10 +283,15 @@ def preflight(job: str, cfg: Any) -> None:
         from rayrm.data import check_data_path
 
         check_data_path(cfg.canary)
-    if job in ("score", "judge"):
+    if job in ("score", "judge", "eval"):
         from rayrm.score import list_input_files
 
         list_input_files(cfg.input)
+    if job == "eval":
+        from rayrm.model import check_export
+
+        for model in cfg.model:
+            check_export(model)
 
 
 # ---------------------------------------------------------------- entry point
@@ -295,7 +314,7 @@ def user_error(e: BaseException) -> UserError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `rayrm ARGS` and return its exit code (0 ok; 2 bad input or usage; the monitor's 1 for an alert)."""
+    """Run `rayrm ARGS` and return its exit code (0 ok; 2 bad input or usage; 1 a monitor alert or failed eval gate)."""
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # --help, usage and user errors (already printed)

@@ -135,7 +135,7 @@ class TrainLoopConfig(Section):
                                "same rewards); ZeRO-3 always uses 1", ge=1)
     packing: Switch = F(
         "auto", "decoders: several sequences per row, attention kept inside each (no padding); auto is off "
-                "(rayrm.hardware.packing_layout says where it was measured slower)")
+                "(rayrm.hardware.packing_layout)")
     length_group_batches: int = F(4, "micro-batches per length-sorting buffer: larger pads less, but bunches the long "
                                      "pairs into the same steps", ge=1)
     seed: int = F(42, "seeds the new head (or a model built from a config) and the batch order")
@@ -190,8 +190,8 @@ class ScoreConfig(Section):
     malloc_arena_max: PosInt | None = F(2, "MALLOC_ARENA_MAX for the stage workers (less heap growth); null: glibc's")
     token_budget: int = F(16384, "max padded tokens (rows x longest) per forward", ge=16)
     max_batch_rows: int = F(256, "max rows per forward", ge=1)
-    packing: Switch = F("auto", "decoder exports: several rollouts per row, attention kept "
-                                                      "inside each; auto: where measured faster (rayrm.hardware)")
+    packing: Switch = F("auto", "decoder exports: several rollouts per row, attention kept inside each; auto is off "
+                                "(rayrm.hardware.packing_layout)")
     block_rows: int = F(2048, "rows per Ray Data block; length-sorting happens inside each block", ge=1)
     on_bad_row: Literal["error", "mark"] = F("error", "error: stop naming file/row/field; mark: keep the row, fill "
                                                       "`error`, no reward")
@@ -199,6 +199,43 @@ class ScoreConfig(Section):
 
     @model_validator(mode="after")
     def _needs(self) -> ScoreConfig:
+        _required(self, "model", "input", "output")
+        return self
+
+
+# ---------------------------------------------------------------- evaluation job schema
+class EvalConfig(Section):
+    """`rayrm eval --config FILE model=... input=... output=...`."""
+
+    model: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = F(
+        list, "an export dir, or a list of them ([a, b]): the first is the baseline of the A/B differences")
+    input: str = F("", "the suite: Parquet or JSONL, a file, a directory or a glob")
+    output: str = F("", "directory: results.json, scores.parquet, summary.md, scored/<model index>/")
+    format: Literal["auto", "pairs", "best_of_n"] = F(
+        "auto", "pairs: chosen/rejected text or messages (RewardBench v1, TRL); best_of_n: chosen and rejected as "
+                "lists of completions (RewardBench 2); auto: from the first row")
+    prompt_field: str = F("prompt", "the prompt (text or messages); absent in pairs with an implicit prompt")
+    chosen_field: str = F("chosen", "the preferred completion (best_of_n: a list of them)")
+    rejected_field: str = F("rejected", "the other completion (best_of_n: a list of them)")
+    subset_field: str = F("subset", "results per value of this column (rows without it count under 'all')")
+    id_field: str = F("id", "kept in scores.parquet; absent -> file:row")
+    on_bad_row: Literal["error", "skip"] = F("error", "error: stop naming file/row/field; skip: count and skip it")
+    max_rows: PosInt | None = F(None, "evaluate only the first N rows (quick runs); null -> all")
+    bootstrap: int = F(2000, "paired bootstrap resamples for the A/B intervals", ge=100)
+    seed: int = F(0, "seeds the bootstrap")
+    fail_below: float | None = F(None, "exit 1 when a model's overall accuracy is below this", ge=0, le=1)
+    max_regression: float | None = F(None, "exit 1 when a later model's overall accuracy is more than this below the "
+                                           "first model's", ge=0, le=1)
+    dtype: Dtype = F("auto", "auto: bf16 on AMX CPUs and bf16 GPUs, fp32 elsewhere (per node)")
+    num_actors: int = F(1, "model replicas in the scoring pool", ge=1)
+    cpus_per_actor: float = F(1.0, "CPUs reserved per scoring actor", gt=0)
+    gpus_per_actor: float = F(0.0, "GPUs per scoring actor (0 on CPU)", ge=0)
+    torch_threads: PosInt | None = F(None, "intra-op threads per actor; null -> cpus_per_actor rounded up")
+    token_budget: int = F(16384, "max padded tokens (rows x longest) per forward", ge=16)
+    packing: Switch = F("auto", "decoder exports: several completions per row; auto is off (rayrm.hardware)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> EvalConfig:
         _required(self, "model", "input", "output")
         return self
 
@@ -236,8 +273,8 @@ class ServeConfig(Section):
     batch_wait_timeout_s: float = F(0.0, "how long a batch's first row waits for company; 0: a batch runs once the "
                                          "replica is free, and rows that arrive meanwhile form the next", ge=0)
     token_budget: int = F(16384, "tokens per gathered batch (and padded tokens per forward)", ge=16)
-    packing: Switch = F("auto", "decoder exports: several rows share a forward row, attention "
-                                                      "kept inside each; auto: where measured faster (rayrm.hardware)")
+    packing: Switch = F("auto", "decoder exports: several rows share a forward row, attention kept inside each; auto "
+                                "is off (rayrm.hardware.packing_layout)")
     max_items: int = F(256, "rows per request; more -> 422 naming the field", ge=1)
     max_text_chars: int = F(32768, "characters per prompt or completion (a message list: all its contents)", ge=1)
     auth_token_env: str | None = F(None, "env var holding a bearer token; set -> every route but /healthz needs it",

@@ -226,6 +226,8 @@ def varlen_attention(
         raise ValueError(f"varlen attention takes one packed row, got {query.shape[0]}")
     gqa = key.shape[1] != query.shape[1]
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+        if dropout > 0:
+            raise ValueError("varlen attention has no attention dropout: keep train.disable_dropout on with packing")
         from torch.nn.attention.varlen import varlen_attn
 
         q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (T, h, d)
@@ -235,7 +237,8 @@ def varlen_attention(
     bounds = cu.tolist()
     parts = [
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:z], key[:, :, a:z], value[:, :, a:z], is_causal=True, scale=scaling, enable_gqa=gqa
+            query[:, :, a:z], key[:, :, a:z], value[:, :, a:z], dropout_p=dropout, is_causal=True, scale=scaling,
+            enable_gqa=gqa,
         )
         for a, z in zip(bounds[:-1], bounds[1:])
     ]
@@ -274,6 +277,8 @@ def packed_rewards(
     backbone = getattr(model, model.base_model_prefix)
     kw: dict[str, Any] = {}
     if model.config._attn_implementation == VARLEN:
+        if cu_seq_lens is None:
+            raise ValueError("varlen attention needs cu_seq_lens (from rayrm.batching.pack_sequences)")
         if input_ids.shape[0] != 1:
             input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
         m = int(max_length) if max_length is not None else int(input_ids.shape[1])

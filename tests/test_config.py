@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayrm.config import ConfigError, JudgeConfig, MonitorConfig, ScoreConfig, ServeConfig, TrainConfig, load_config
+from rayrm.config import ConfigError, EvalConfig, JudgeConfig, MonitorConfig, ScoreConfig, ServeConfig, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = {"train": TrainConfig, "score": ScoreConfig, "judge": JudgeConfig, "serve": ServeConfig, "monitor": MonitorConfig}
-REQUIRED = {"score": ["input=/data/rollouts.parquet", "output=/tmp/scored"], "judge": ["input=/p.jsonl", "output=/tmp/j"],
+SCHEMAS = {"train": TrainConfig, "score": ScoreConfig, "eval": EvalConfig, "judge": JudgeConfig, "serve": ServeConfig, "monitor": MonitorConfig}
+REQUIRED = {"score": ["input=/data/rollouts.parquet", "output=/tmp/scored"], "eval": ["input=/s.parquet", "output=/tmp/e"], "judge": ["input=/p.jsonl", "output=/tmp/j"],
             "monitor": ["canary=/data/canary.jsonl", "output=/tmp/monitor"]}  # per-run keys a config leaves empty
 
 

@@ -116,8 +116,11 @@ def test_bf16_on_a_cpu_is_autocast_with_fp32_weights(tmp_path, hh_small):
     # deepspeed.precision=bf16 on a CPU (what auto picks with AMX): the forward runs under bf16 autocast, the weights,
     # optimizer and loss stay fp32; the curve follows the fp32 one within bf16 rounding, and is not the fp32 one
     cfg = _cfg(tmp_path, hh_small)
-    fp32, _, _, _ = _plain_curve(cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"precision": "fp32"})}))
-    bf16, _, _, _ = _plain_curve(cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"precision": "bf16"})}))
+    def with_precision(p: str) -> TrainConfig:
+        return cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"precision": p})})
+
+    fp32, _, _, _ = _plain_curve(with_precision("fp32"))
+    bf16, _, _, _ = _plain_curve(with_precision("bf16"))
     gap = np.abs(np.asarray(bf16) - np.asarray(fp32))
     assert len(bf16) == len(fp32) and np.isfinite(bf16).all()
     assert 0 < gap.max() < 0.05, gap

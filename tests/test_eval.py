@@ -1,0 +1,146 @@
+"""`rayrm eval`: suites in both RewardBench row shapes, read and checked; on a real local Ray cluster, per-subset
+accuracy equal to a brute-force single-row `transformers` computation, A/B differences, and the gate."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from conftest import ROOT
+from rayrm.config import EvalConfig, load_config
+from rayrm.data import BadRowError
+from rayrm.eval import read_suite, run_eval, units_of
+from rayrm.infer import RewardScorer
+
+
+def _cfg(inp, out, *overrides) -> EvalConfig:
+    return load_config(ROOT / "configs/eval/default.yaml", [f"input={inp}", f"output={out}", "token_budget=2048",
+                                                            *overrides], EvalConfig)
+
+
+def _write_jsonl(path, rows) -> str:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def _pairs(hh_rows, n=24) -> list[dict]:
+    """HH pairs as RewardBench v1 rows, in two subsets named after v1's (so sections are computed)."""
+    return [{"id": f"p{i}", "prompt": r["prompt"][-300:], "chosen": r["chosen"], "rejected": r["rejected"],
+             "subset": "alpacaeval-easy" if i % 3 else "mt-bench-hard"} for i, r in enumerate(hh_rows[:n])]
+
+
+def _best_of_4(hh_rows, n=12) -> list[dict]:
+    """RewardBench 2's shape: one chosen and three rejected (its own rejected and two other rows' responses)."""
+    rows = hh_rows[: n + 2]
+    return [{"id": f"b{i}", "prompt": rows[i]["prompt"][-300:], "chosen": [rows[i]["chosen"]],
+             "rejected": [rows[i]["rejected"], rows[i + 1]["rejected"], rows[i + 2]["chosen"]],
+             "subset": "Focus" if i % 2 else "Math"} for i in range(n)]
+
+
+def test_read_suite_detects_both_shapes_and_dedupes_units(tmp_path, hh_rows):
+    pairs = _pairs(hh_rows, 6) + _pairs(hh_rows, 2)  # the last two rows repeat completions
+    rows, fmt, _ = read_suite(_cfg(_write_jsonl(tmp_path / "p.jsonl", pairs), tmp_path / "o", "model=x"))
+    assert fmt == "pairs" and len(rows) == 8 and rows[0]["chosen"] == [pairs[0]["chosen"]]
+    units, chosen, rejected = units_of(rows)
+    assert len(units) == 12 and chosen[6] == chosen[0] and rejected[7] == rejected[1]  # each completion once
+    rows, fmt, _ = read_suite(_cfg(_write_jsonl(tmp_path / "b.jsonl", _best_of_4(hh_rows, 3)), tmp_path / "o",
+                                   "model=x"))
+    assert fmt == "best_of_n" and [len(r["rejected"]) for r in rows] == [3, 3, 3] and rows[1]["subset"] == "Focus"
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"prompt": "p", "chosen": ["a"], "rejected": []}, "field 'rejected' must be a non-empty list"),
+        ({"prompt": "p", "chosen": ["a"], "rejected": ["b", 3]}, r"field 'rejected\[1\]' must be a string"),
+        ({"prompt": "p", "chosen": ["a"]}, "field 'rejected' must be a non-empty list"),
+    ],
+)
+def test_bad_best_of_n_rows_name_file_row_and_field(tmp_path, bad, needle):
+    good = {"prompt": "p", "chosen": ["a"], "rejected": ["b"]}
+    path = _write_jsonl(tmp_path / "suite.jsonl", [good, bad, good])
+    with pytest.raises(BadRowError, match=needle) as e:
+        read_suite(_cfg(path, tmp_path / "o", "model=x"))
+    assert "suite.jsonl:line 2" in str(e.value)
+    rows, _, report = read_suite(_cfg(path, tmp_path / "o", "model=x", "on_bad_row=skip"))
+    assert len(rows) == 2 and report.skipped == 1  # counted, never silently dropped
+
+
+def test_bad_pair_rows_name_the_field(tmp_path):
+    path = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
+                                                    {"prompt": "p", "chosen": "a"}])
+    with pytest.raises(BadRowError, match=r"pairs.jsonl:line 2: missing field 'rejected'"):
+        read_suite(_cfg(path, tmp_path / "o", "model=x", "format=pairs"))
+
+
+def _alone(export: str, rows: list[dict]) -> tuple[list[list[float]], list[list[float]]]:
+    """Every completion of every row scored on its own through plain transformers (no rayrm read-out, no batching)."""
+    tok = RewardScorer(export)
+    model = AutoModelForSequenceClassification.from_pretrained(export).eval()
+
+    def one(prompt, completion) -> float:
+        ids = tok.tokenize([prompt], [completion]).ids[0]
+        with torch.no_grad():
+            return float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+
+    as_list = (lambda x: x if isinstance(x, list) else [x])
+    return ([[one(r["prompt"], c) for c in as_list(r["chosen"])] for r in rows],
+            [[one(r["prompt"], c) for c in as_list(r["rejected"])] for r in rows])
+
+
+def _brute_accuracy(rows, chosen, rejected, pairs: bool) -> dict[str, float]:
+    """Per subset by hand: a pair counts when chosen > rejected; a best-of-N row 1/k of a k-way tie at the top."""
+    credit: dict[str, list[float]] = {}
+    for r, c, x in zip(rows, chosen, rejected):
+        top = max(max(c), max(x))
+        k = sum(v == top for v in c) + sum(v == top for v in x)
+        bon = sum(v == top for v in c) / k if max(c) >= max(x) else 0.0
+        credit.setdefault(r["subset"], []).append(float(c[0] > x[0]) if pairs else bon)
+    return {s: float(np.mean(v)) for s, v in credit.items()}
+
+
+@pytest.mark.integration
+def test_pairs_suite_matches_brute_force_with_ab(ray_cluster, tmp_path, hh_rows, tiny_export, minilm_export):
+    rows = _pairs(hh_rows)
+    path = _write_jsonl(tmp_path / "suite.jsonl", rows)
+    out = tmp_path / "eval"
+    res = run_eval(_cfg(path, out, f"model=[{tiny_export},{minilm_export}]", "bootstrap=500"))
+    assert res["format"] == "pairs" and res["rows"] == 24 and res["units"] == 48
+    for i, export in enumerate((tiny_export, minilm_export)):
+        c, r = _alone(export, rows)
+        want = _brute_accuracy(rows, c, r, pairs=True)
+        got = res["models"][i]["subsets"]
+        assert {s: v["accuracy"] for s, v in got.items()} == pytest.approx(want, abs=1e-12)
+        assert got["mt-bench-hard"]["n"] == 8 and got["alpacaeval-easy"]["n"] == 16
+        lo, hi = got["mt-bench-hard"]["ci95"]
+        assert lo <= got["mt-bench-hard"]["accuracy"] <= hi
+        assert set(res["models"][i]["sections"]) == {"Chat", "Chat Hard", "Score"}
+    ab = res["models"][1]["vs_first"]["overall"]
+    a0, a1 = res["models"][0]["overall"]["accuracy"], res["models"][1]["overall"]["accuracy"]
+    assert ab["difference"] == pytest.approx(a1 - a0) and ab["ci95"][0] <= ab["difference"] <= ab["ci95"][1]
+    assert res["gate_failures"] == []
+    table = pd.read_parquet(out / "scores.parquet")
+    assert len(table) == 24 and list(table["id"][:2]) == ["p0", "p1"]
+    assert json.loads((out / "results.json").read_text())["rows"] == 24
+    assert "| overall | 24 |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.integration
+def test_best_of_4_suite_and_the_gate(ray_cluster, tmp_path, hh_rows, tiny_export):
+    rows = _best_of_4(hh_rows)
+    path = _write_jsonl(tmp_path / "bon.jsonl", rows)
+    res = run_eval(_cfg(path, tmp_path / "eval", f"model={tiny_export}", "fail_below=1.0"))
+    assert res["format"] == "best_of_n" and res["units"] == len({(r["prompt"], c) for r in rows
+                                                                 for c in r["chosen"] + r["rejected"]})
+    c, r = _alone(tiny_export, rows)
+    got = {s: v["accuracy"] for s, v in res["models"][0]["subsets"].items()}
+    assert got == pytest.approx(_brute_accuracy(rows, c, r, pairs=False), abs=1e-12)
+    assert "sections" not in res["models"][0]  # not v1 subsets
+    assert res["gate_failures"] and "fail_below 1.0" in res["gate_failures"][0]  # accuracy < 1: the gate fails
+    assert os.path.exists(tmp_path / "eval" / "summary.md")

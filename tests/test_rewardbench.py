@@ -1,0 +1,76 @@
+"""RewardBench row rules, Wilson intervals, section weights and the paired bootstrap, against numbers by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rayrm.rewardbench import (
+    V1_EXAMPLE_COUNTS,
+    V1_SECTIONS,
+    best_of_n_credit,
+    pair_credit,
+    paired_bootstrap,
+    v1_sections,
+    wilson_interval,
+)
+
+
+def test_pair_credit_is_strict():
+    assert pair_credit([2.0, 1.0, 1.0], [1.0, 1.0, 3.0]).tolist() == [1.0, 0.0, 0.0]  # a tie is wrong (v1)
+
+
+@pytest.mark.parametrize(
+    "chosen, rejected, credit",
+    [
+        ([3.0], [1.0, 2.0, 0.0], 1.0),  # chosen above every rejected
+        ([1.0], [2.0, 0.0, 0.0], 0.0),  # one rejected above it
+        ([2.0], [2.0, 1.0, 0.0], 1 / 2),  # 2-way tie at the top
+        ([2.0], [2.0, 2.0, 1.0], 1 / 3),  # 3-way tie
+        ([2.0], [2.0, 2.0, 2.0], 1 / 4),  # all four tie
+        ([1.0], [2.0, 2.0, 0.0], 0.0),  # a tie above the chosen does not help it
+        ([2.0, 2.0], [2.0, 1.0], 2 / 3),  # two chosen among three tied at the top
+    ],
+)
+def test_best_of_n_credit(chosen, rejected, credit):
+    assert math.isclose(best_of_n_credit(chosen, rejected), credit)
+
+
+def test_best_of_n_needs_both_sides():
+    with pytest.raises(ValueError, match="at least one chosen and one rejected"):
+        best_of_n_credit([1.0], [])
+
+
+def test_wilson_interval_by_hand():
+    z = 1.959963984540054
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(0, 10)  # p = 0: lo 0, hi = z^2 / (n + z^2)
+    assert lo == 0.0 and math.isclose(hi, z * z / (10 + z * z), rel_tol=1e-12)
+    lo, hi = wilson_interval(10, 10)
+    assert math.isclose(lo, 10 / (10 + z * z), rel_tol=1e-12) and math.isclose(hi, 1.0)
+    # p = 1/2, n = 100: centre 1/2, half-width z * sqrt(1/400 + z^2/40000) / (1 + z^2/100)
+    lo, hi = wilson_interval(50, 100)
+    half = z * math.sqrt(0.25 / 100 + z * z / 40000) / (1 + z * z / 100)
+    assert math.isclose(lo, 0.5 - half, rel_tol=1e-12) and math.isclose(hi, 0.5 + half, rel_tol=1e-12)
+    a, b = wilson_interval(7, 20), wilson_interval(13, 20)  # mirror image
+    assert math.isclose(a[0], 1 - b[1]) and math.isclose(a[1], 1 - b[0])
+    assert wilson_interval(7.5, 20)[0] > wilson_interval(7, 20)[0]  # tie credit counts fractionally
+
+
+def test_v1_sections_weight_subsets_by_example_count():
+    got = v1_sections({"alpacaeval-easy": 1.0, "mt-bench-easy": 0.0, "math-prm": 0.5, "hep-go": 1.0})
+    assert math.isclose(got["Chat"], 100 / 128)  # weights 100 and 28
+    assert math.isclose(got["Reasoning"], (984 * 0.5 + 164 * 1.0) / (984 + 164))  # math-prm upweighted
+    assert "Safety" not in got and "Chat Hard" not in got  # no subset of theirs present
+    assert math.isclose(got["Score"], (got["Chat"] + got["Reasoning"]) / 2)
+    assert sorted(s for ss in V1_SECTIONS.values() for s in ss) == sorted(V1_EXAMPLE_COUNTS)  # every subset weighted
+
+
+def test_paired_bootstrap_known_answers():
+    ones, zeros = np.ones(50), np.zeros(50)
+    assert paired_bootstrap(ones, ones) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap(ones, zeros) == (1.0, 1.0, 1.0)
+    a = np.r_[np.ones(30), np.zeros(70)]  # a wins 30 rows of 100, b none: difference 0.3, standard error ~0.046
+    diff, lo, hi = paired_bootstrap(a, np.zeros(100), n_boot=4000, seed=1)
+    assert math.isclose(diff, 0.3) and 0.19 < lo < 0.23 and 0.37 < hi < 0.41
+    assert paired_bootstrap(a, np.zeros(100), n_boot=4000, seed=1) == (diff, lo, hi)  # seeded
