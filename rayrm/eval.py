@@ -66,6 +66,8 @@ def read_suite(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str, ReadReport]:
 
     def validate(raw: Any, loc: str) -> dict[str, Any]:
         nonlocal fmt
+        if isinstance(raw, BadRowError):  # a line that is not JSON: its own message names file and line
+            raise raw
         if fmt == "auto" and isinstance(raw, dict):
             fmt = detect_format(raw, cfg)
         if fmt == "best_of_n":
@@ -140,7 +142,10 @@ def write_units(units: list[tuple[Any, Any]], path: str) -> None:
 
 # ---------------------------------------------------------------- 3. scoring
 def score_units(cfg: EvalConfig, model: str, units_path: str, out: str, n_units: int) -> np.ndarray:
-    """Rewards (n_units,) of one model, in unit order, through the scoring pipeline."""
+    """Rewards (n_units,) of one model, in unit order, through the scoring pipeline. `out` starts empty: unit ids
+    are positions in this run's suite, so rewards left by an earlier run (another suite or model) must not resume."""
+    import shutil
+
     import pandas as pd
 
     from rayrm.config import ScoreConfig
@@ -150,6 +155,7 @@ def score_units(cfg: EvalConfig, model: str, units_path: str, out: str, n_units:
                             num_actors=cfg.num_actors, cpus_per_actor=cfg.cpus_per_actor,
                             gpus_per_actor=cfg.gpus_per_actor, torch_threads=cfg.torch_threads,
                             token_budget=cfg.token_budget, packing=cfg.packing)
+    shutil.rmtree(out, ignore_errors=True)
     run_scoring(score_cfg)
     df = pd.read_parquet(os.path.join(out, "rewards"), columns=["id", "reward"])
     rewards = np.full(n_units, np.nan)

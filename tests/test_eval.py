@@ -72,6 +72,13 @@ def test_bad_best_of_n_rows_name_file_row_and_field(tmp_path, bad, needle):
     assert len(rows) == 2 and report.skipped == 1  # counted, never silently dropped
 
 
+def test_a_line_that_is_not_json_names_its_line(tmp_path):
+    path = tmp_path / "suite.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": ["a"], "rejected": ["b"]}) + "\n{not json\n")
+    with pytest.raises(BadRowError, match="suite.jsonl:line 2"):
+        read_suite(_cfg(path, tmp_path / "o", "model=x"))
+
+
 def test_bad_pair_rows_name_the_field(tmp_path):
     path = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
                                                     {"prompt": "p", "chosen": "a"}])
@@ -144,3 +151,7 @@ def test_best_of_4_suite_and_the_gate(ray_cluster, tmp_path, hh_rows, tiny_expor
     assert "sections" not in res["models"][0]  # not v1 subsets
     assert res["gate_failures"] and "fail_below 1.0" in res["gate_failures"][0]  # accuracy < 1: the gate fails
     assert os.path.exists(tmp_path / "eval" / "summary.md")
+    # the same output dir again with another suite: nothing of the first run's rewards is reused
+    again = run_eval(_cfg(_write_jsonl(tmp_path / "bon2.jsonl", rows[::-1]), tmp_path / "eval", f"model={tiny_export}"))
+    flipped = {s: v["accuracy"] for s, v in again["models"][0]["subsets"].items()}
+    assert flipped == pytest.approx(got, abs=1e-12)
