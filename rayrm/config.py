@@ -211,9 +211,10 @@ class EvalConfig(Section):
         list, "an export dir, or a list of them ([a, b]): the first is the baseline of the A/B differences")
     input: str = F("", "the suite: Parquet or JSONL, a file, a directory or a glob")
     output: str = F("", "directory: results.json, scores.parquet, summary.md, scored/<model index>/")
-    format: Literal["auto", "pairs", "best_of_n"] = F(
+    format: Literal["auto", "pairs", "best_of_n", "ranked"] = F(
         "auto", "pairs: chosen/rejected text or messages (RewardBench v1, TRL); best_of_n: chosen and rejected as "
-                "lists of completions (RewardBench 2); auto: from the first row")
+                "lists of completions (RewardBench 2); ranked: completions + ranking or scores (accuracy over their "
+                "ordered pairs); auto: from the first row")
     prompt_field: str = F("prompt", "the prompt (text or messages); absent in pairs with an implicit prompt")
     chosen_field: str = F("chosen", "the preferred completion (best_of_n: a list of them)")
     rejected_field: str = F("rejected", "the other completion (best_of_n: a list of them)")

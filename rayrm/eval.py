@@ -29,7 +29,9 @@ NO_SUBSET = "all"
 # ---------------------------------------------------------------- 1. rows
 def detect_format(raw: dict[str, Any], cfg: EvalConfig) -> str:
     """pairs when `chosen` is a string or a message list ending in the answer, best_of_n when it is a list of
-    completions (strings)."""
+    completions (strings), ranked when the row has `completions` (with `ranking` or `scores`, as training reads)."""
+    if raw.get("completions") is not None:
+        return "ranked"
     chosen = raw.get(cfg.chosen_field)
     if isinstance(chosen, list) and chosen and all(isinstance(c, str) for c in chosen):
         return "best_of_n"
@@ -72,6 +74,8 @@ def read_suite(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str, ReadReport]:
             fmt = detect_format(raw, cfg)
         if fmt == "best_of_n":
             row = _validate_best_of_n(raw, loc, cfg)
+        elif fmt == "ranked":
+            row = _validate_ranked(raw, loc)
         else:
             renamed = {k: raw.get(f) for k, f in (("prompt", cfg.prompt_field), ("chosen", cfg.chosen_field),
                                                   ("rejected", cfg.rejected_field))} if isinstance(raw, dict) else raw
@@ -94,6 +98,23 @@ def read_suite(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str, ReadReport]:
     if cfg.max_rows:
         rows = rows[: cfg.max_rows]
     return rows, ("pairs" if fmt == "auto" else fmt), report
+
+
+def _validate_ranked(raw: Any, loc: str) -> dict[str, Any]:
+    """A ranked row (`prompt`, `completions`, `ranking` 1 = best or `scores` higher = better), checked as training
+    checks it -> completions in input order (as `chosen`; `rejected` empty) and their levels (lower = better)."""
+    if not isinstance(raw, dict) or raw.get("completions") is None:
+        raise BadRowError(f"{loc}: a ranked row needs a 'completions' list")
+    validate_row(raw, loc)  # names the bad field: prompt, completions[j], ranking, scores
+    if raw.get("ranking") is not None:
+        levels = [float(x) for x in raw["ranking"]]
+    elif raw.get("scores") is not None:
+        levels = [-float(x) for x in raw["scores"]]
+    else:
+        raise BadRowError(f"{loc}: a ranked row needs 'ranking' or 'scores'")
+    if len(set(levels)) < 2:
+        raise BadRowError(f"{loc}: field 'scores' ranks no completion above another")
+    return {"prompt": raw["prompt"], "chosen": list(raw["completions"]), "rejected": [], "levels": levels}
 
 
 def _explicit_prompt(row: dict[str, Any]) -> dict[str, Any]:
@@ -166,10 +187,14 @@ def score_units(cfg: EvalConfig, model: str, units_path: str, out: str, n_units:
 
 
 # ---------------------------------------------------------------- 4. results
-def credits(rewards: np.ndarray, chosen: list[list[int]], rejected: list[list[int]], fmt: str) -> np.ndarray:
-    """Per row: 1/0 for a pair (chosen strictly above rejected), the best-of-N credit for a best-of-N row."""
-    from rayrm.rewardbench import best_of_n_credit, pair_credit
+def credits(rewards: np.ndarray, chosen: list[list[int]], rejected: list[list[int]], fmt: str,
+            levels: list[list[float]] | None = None) -> np.ndarray:
+    """Per row: 1/0 for a pair (chosen strictly above rejected), the best-of-N credit for a best-of-N row, the share
+    of ordered pairs kept for a ranked row (its completions are in `chosen`, their `levels` lower = better)."""
+    from rayrm.rewardbench import best_of_n_credit, pair_credit, ranked_credit
 
+    if fmt == "ranked":
+        return np.asarray([ranked_credit(rewards[c], lv) for c, lv in zip(chosen, levels or [])])
     if fmt == "pairs":
         return pair_credit(rewards[[c[0] for c in chosen]], rewards[[r[0] for r in rejected]])
     return np.asarray([best_of_n_credit(rewards[c], rewards[r]) for c, r in zip(chosen, rejected)])
@@ -263,7 +288,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     base = None
     for i, model in enumerate(cfg.model):
         rewards = score_units(cfg, model, units_path, os.path.join(cfg.output, "scored", str(i)), len(units))
-        credit = credits(rewards, chosen, rejected, fmt)
+        credit = credits(rewards, chosen, rejected, fmt, [r.get("levels", []) for r in rows])
         entry = {"model": model, **accuracy_table(credit, subsets)}
         if base is None:
             base = credit
@@ -271,8 +296,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             entry["vs_first"] = ab_table(credit, base, subsets, cfg.bootstrap, cfg.seed)
         models.append(entry)
         table[f"credit_{i}"] = credit
-        table[f"chosen_rewards_{i}"] = [rewards[c].tolist() for c in chosen]
-        table[f"rejected_rewards_{i}"] = [rewards[r].tolist() for r in rejected]
+        if fmt == "ranked":  # rewards in the row's completion order
+            table[f"completion_rewards_{i}"] = [rewards[c].tolist() for c in chosen]
+        else:
+            table[f"chosen_rewards_{i}"] = [rewards[c].tolist() for c in chosen]
+            table[f"rejected_rewards_{i}"] = [rewards[r].tolist() for r in rejected]
     results: dict[str, Any] = {"input": cfg.input, "format": fmt, "rows": len(rows), "units": len(units),
                                "skipped_rows": report.skipped, "models": models}
     results["gate_failures"] = gate(results, cfg)

@@ -4,6 +4,7 @@ The building blocks of evaluating a reward model on a fixed suite:
 
     credit = pair_credit(r_chosen, r_rejected)                  # v1 rows: 1 when chosen outscores rejected
     credit = best_of_n_credit(r_chosen_list, r_rejected_list)   # v2 rows: 1, 1/k on a k-way tie at the top, or 0
+    credit = ranked_credit(rewards, levels)                     # ranked rows: share of ordered pairs kept
     lo, hi = wilson_interval(credit.sum(), len(credit))         # 95% interval of a subset's accuracy
     sections = v1_sections({"alpacaeval-easy": 0.9, ...})       # Chat, Chat Hard, Safety, Reasoning
     diff, lo, hi = paired_bootstrap(credit_a, credit_b, seed=0) # A/B on the same rows
@@ -50,6 +51,16 @@ def best_of_n_credit(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> 
     top = max(c.max(), r.max())
     tied_c, tied_r = int((c == top).sum()), int((r == top).sum())
     return tied_c / (tied_c + tied_r)
+
+
+def ranked_credit(rewards: Sequence[float], levels: Sequence[float]) -> float:
+    """One ranked row: the share of its ordered pairs (level_i < level_j: i ranked better; equal levels form no
+    pair) whose rewards agree strictly (r_i > r_j). (K,), (K,) -> float."""
+    r, lv = np.asarray(rewards, np.float64), np.asarray(levels, np.float64)
+    better = lv[:, None] < lv[None, :]  # (K, K): i ranked above j
+    if not better.any():
+        raise ValueError("a ranked row needs two completions of different rank")
+    return float((r[:, None] > r[None, :])[better].mean())
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -54,6 +54,27 @@ def test_read_suite_detects_both_shapes_and_dedupes_units(tmp_path, hh_rows):
     assert fmt == "best_of_n" and [len(r["rejected"]) for r in rows] == [3, 3, 3] and rows[1]["subset"] == "Focus"
 
 
+def _ranked(hh_rows, n=10) -> list[dict]:
+    """Ranked rows as training reads them: 3 completions, by `ranking` (1 = best) or by `scores` with a tie."""
+    out = []
+    for i in range(n):
+        r = hh_rows[i]
+        comps = [r["chosen"], r["rejected"], hh_rows[i + 1]["rejected"]]
+        row = {"id": f"k{i}", "prompt": r["prompt"][-300:], "completions": comps, "subset": "ranked"}
+        row.update({"ranking": [2, 1, 3]} if i % 2 else {"scores": [5.0, 1.0, 1.0]})
+        out.append(row)
+    return out
+
+
+def test_ranked_rows_keep_their_levels(tmp_path, hh_rows):
+    rows, fmt, _ = read_suite(_cfg(_write_jsonl(tmp_path / "k.jsonl", _ranked(hh_rows, 2)), tmp_path / "o",
+                                   "model=x"))
+    assert fmt == "ranked" and rows[0]["levels"] == [-5.0, -1.0, -1.0] and rows[1]["levels"] == [2.0, 1.0, 3.0]
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "completions": ["a", "b"], "scores": [1, 1]}])
+    with pytest.raises(BadRowError, match="bad.jsonl:line 1: field 'scores' ranks no completion above another"):
+        read_suite(_cfg(bad, tmp_path / "o", "model=x"))
+
+
 @pytest.mark.parametrize(
     "bad, needle",
     [
@@ -136,6 +157,20 @@ def test_pairs_suite_matches_brute_force_with_ab(ray_cluster, tmp_path, hh_rows,
     assert len(table) == 24 and list(table["id"][:2]) == ["p0", "p1"]
     assert json.loads((out / "results.json").read_text())["rows"] == 24
     assert "| overall | 24 |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.integration
+def test_ranked_suite_matches_brute_force(ray_cluster, tmp_path, hh_rows, tiny_export):
+    rows = _ranked(hh_rows)
+    res = run_eval(_cfg(_write_jsonl(tmp_path / "k.jsonl", rows), tmp_path / "eval", f"model={tiny_export}"))
+    c, _ = _alone(tiny_export, [{"prompt": r["prompt"], "chosen": r["completions"], "rejected": []} for r in rows])
+    want = []
+    for r, rew in zip(rows, c):  # by hand: every pair (i ranked above j) whose rewards agree
+        lv = r["ranking"] if "ranking" in r else [-x for x in r["scores"]]
+        pairs = [(i, j) for i in range(3) for j in range(3) if lv[i] < lv[j]]
+        want.append(sum(rew[i] > rew[j] for i, j in pairs) / len(pairs))
+    assert res["format"] == "ranked"
+    assert res["models"][0]["subsets"]["ranked"]["accuracy"] == pytest.approx(np.mean(want), abs=1e-12)
 
 
 @pytest.mark.integration

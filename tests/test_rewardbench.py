@@ -11,6 +11,7 @@ from rayrm.rewardbench import (
     best_of_n_credit,
     pair_credit,
     paired_bootstrap,
+    ranked_credit,
     v1_sections,
     wilson_interval,
 )
@@ -74,3 +75,14 @@ def test_paired_bootstrap_known_answers():
     diff, lo, hi = paired_bootstrap(a, np.zeros(100), n_boot=4000, seed=1)
     assert math.isclose(diff, 0.3) and 0.19 < lo < 0.23 and 0.37 < hi < 0.41
     assert paired_bootstrap(a, np.zeros(100), n_boot=4000, seed=1) == (diff, lo, hi)  # seeded
+
+
+def test_ranked_credit_counts_ordered_pairs():
+    # levels: completion 0 best, 1 and 2 tied second (no pair between them), 3 last -> 5 ordered pairs
+    levels = [1, 2, 2, 3]
+    assert ranked_credit([4.0, 3.0, 2.0, 1.0], levels) == 1.0
+    assert ranked_credit([1.0, 2.0, 3.0, 4.0], levels) == 0.0
+    # pairs (0,1) 3>4 no, (0,2) 3>1 yes, (0,3) 3>2 yes, (1,3) 4>2 yes, (2,3) 1>2 no
+    assert math.isclose(ranked_credit([3.0, 4.0, 1.0, 2.0], levels), 3 / 5)
+    with pytest.raises(ValueError, match="different rank"):
+        ranked_credit([1.0, 2.0], [1, 1])
