@@ -95,7 +95,7 @@ def train_side(model: torch.nn.Module, batches: list, side: str) -> tuple[float,
     def rewards(seqs: list) -> torch.Tensor:
         if side == "padded":
             return chunked_rewards(model, *pad_batch(seqs, 0, "right"), 4)
-        p = pack_sequences(seqs, 0, sum(map(len, seqs)) if side == "varlen" else None)
+        p = pack_sequences(seqs, 0, one_row=side == "varlen")
         return packed_rewards(model, p["input_ids"], p["position_ids"], p["last"], p["cu_seq_lens"], p["max_length"])
 
     first = None

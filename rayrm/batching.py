@@ -115,11 +115,11 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, max_rows: in
     return batches
 
 
-def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, capacity: int | None = None) -> dict[str, torch.Tensor]:
+def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, one_row: bool = False) -> dict[str, torch.Tensor]:
     """Sequences -> packed rows: several sequences per row, none split, first-fit in decreasing length.
 
-    `capacity` tokens per row (default: the longest sequence, so no row is longer than the unpacked batch would be);
-    a sequence longer than `capacity` gets a row of its own. Returns
+    Rows hold up to the longest sequence's length, so no row is longer than the unpacked batch would be; `one_row`
+    puts every sequence in a single row with no padding (the varlen kernel's layout). Returns
       input_ids, position_ids (r, L): positions restart at 0 for every sequence (transformers reads sequence
         boundaries from them) and for a row's tail padding, which so forms a segment of its own;
       last (n,): each sequence's last token as an index into the flattened (r * L) tokens, in input order;
@@ -130,7 +130,7 @@ def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, capacity: int | N
     lens = np.asarray([len(s) for s in seqs], dtype=np.int64)
     if len(lens) == 0:
         raise ValueError("pack_sequences needs at least one sequence")
-    cap = max(int(capacity or 0), int(lens.max()))
+    cap = int(lens.sum()) if one_row else int(lens.max())
     order = np.argsort(-lens, kind="stable")
     free = np.empty(0, dtype=np.int64)  # free tokens per open row
     members: list[list[int]] = []

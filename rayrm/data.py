@@ -435,7 +435,7 @@ def collate_groups(
         ids, mask = pad_batch(seqs, pad_id, padding_side)
         model_in = {"input_ids": ids, "attention_mask": mask, "seq_len": mask.sum(-1)}
     else:
-        model_in = pack_sequences(seqs, pad_id, sum(len(x) for x in seqs) if pack == "row" else None)
+        model_in = pack_sequences(seqs, pad_id, one_row=pack == "row")
     return {
         **model_in,
         "index": index,

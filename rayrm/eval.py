@@ -284,11 +284,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         f"{len(cfg.model)} model(s)")
     subsets = np.asarray([r["subset"] for r in rows])
     table = pd.DataFrame({"id": [r["id"] for r in rows], "where": [r["where"] for r in rows], "subset": subsets})
+    levels = [r.get("levels", []) for r in rows]  # ranked rows: completion ranks, lower = better
     models: list[dict[str, Any]] = []
     base = None
     for i, model in enumerate(cfg.model):
         rewards = score_units(cfg, model, units_path, os.path.join(cfg.output, "scored", str(i)), len(units))
-        credit = credits(rewards, chosen, rejected, fmt, [r.get("levels", []) for r in rows])
+        credit = credits(rewards, chosen, rejected, fmt, levels)
         entry = {"model": model, **accuracy_table(credit, subsets)}
         if base is None:
             base = credit

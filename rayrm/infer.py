@@ -165,9 +165,7 @@ class RewardScorer:
         for idx in token_budget_batches([len(s) for s in seqs], self.token_budget, self.max_batch_rows,
                                         None if packed else self.max_padding):
             if packed:
-                rows = [seqs[i] for i in idx]
-                p = pack_sequences(rows, self.tokenizer.pad_token_id,
-                                   sum(map(len, rows)) if self.packing == "row" else None)
+                p = pack_sequences([seqs[i] for i in idx], self.tokenizer.pad_token_id, one_row=self.packing == "row")
                 p = {k: v.to(self.device) for k, v in p.items() if k != "seq_len"}
                 out[idx] = packed_rewards(self.model, **p).float().cpu().numpy()
                 continue

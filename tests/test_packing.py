@@ -30,7 +30,7 @@ def test_pack_sequences_layout():
     real = sum(map(len, seqs))
     assert int(p["seq_len"].sum()) == real and cu[-1] == ids.numel() and bool((cu[1:] > cu[:-1]).all())
     assert int(p["max_length"]) == longest
-    one = pack_sequences(seqs, pad_id=0, capacity=real)  # the varlen layout: one row, no padding at all
+    one = pack_sequences(seqs, pad_id=0, one_row=True)  # the varlen layout: one row, no padding at all
     assert one["input_ids"].shape == (1, real) and len(one["cu_seq_lens"]) == len(seqs) + 1
 
 
@@ -45,7 +45,7 @@ def test_packed_equals_padded_rewards_loss_and_gradients(attention):
             use_varlen_attention(model)
         model.train()
         if packed:
-            p = pack_sequences(seqs, tok.pad_token_id, sum(map(len, seqs)) if attention == "varlen" else None)
+            p = pack_sequences(seqs, tok.pad_token_id, one_row=attention == "varlen")
             r = packed_rewards(model, p["input_ids"], p["position_ids"], p["last"], p["cu_seq_lens"], p["max_length"])
         else:
             r = compute_rewards(model, *pad_batch(seqs, tok.pad_token_id, "right"))
@@ -71,7 +71,7 @@ def test_packed_rows_do_not_see_each_other():
         alone = compute_rewards(model, torch.tensor([target]), torch.ones(1, len(target), dtype=torch.long))[0]
         for seed in (3, 4):
             seqs = [target] + _seqs(5, seed)
-            p = pack_sequences(seqs, tok.pad_token_id, capacity=sum(map(len, seqs)))
+            p = pack_sequences(seqs, tok.pad_token_id, one_row=True)
             assert p["input_ids"].shape[0] == 1
             r = packed_rewards(model, p["input_ids"], p["position_ids"], p["last"])
             assert torch.allclose(r[0], alone, atol=1e-5)
