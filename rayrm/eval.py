@@ -7,8 +7,10 @@
 2. collect the distinct (prompt, completion) units: a completion in several rows is scored once;
 3. score the units with each model through the Ray Data scoring pipeline (`rayrm.score.run_scoring`);
 4. per row and model the credit (`rayrm.rewardbench`), then accuracy with Wilson intervals overall and per subset,
-   RewardBench v1 sections when the subsets are v1's, and for every model after the first the paired difference to
-   the first with a bootstrap interval; `results.json`, `scores.parquet`, `summary.md` under `output`.
+   RewardBench v1 or 2 sections when the subsets are the benchmark's (v2's Ties subset by its own rule), the
+   pair-level ECE and reliability table, accuracy by length, and for every model after the first the paired difference
+   to the first with a bootstrap interval; `results.json`, `scores.parquet`, `summary.md` and PNG plots under
+   `output`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rayrm.data import BadRowError, ReadReport, validate_row
 from rayrm.progress import say
 
 NO_SUBSET = "all"
+TIES = "ties"  # RewardBench 2's Ties subset (any case): scored by its own rule (rayrm.rewardbench.TiesTable)
 
 
 # ---------------------------------------------------------------- 1. rows
@@ -65,6 +68,7 @@ def read_suite(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str, ReadReport]:
     fmt = cfg.format
     rows: list[dict[str, Any]] = []
     report = ReadReport()
+    ties_seen: set[tuple[str, str]] = set()
 
     def validate(raw: Any, loc: str) -> dict[str, Any]:
         nonlocal fmt
@@ -87,6 +91,8 @@ def read_suite(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str, ReadReport]:
         row["subset"] = str(subset) if subset is not None else NO_SUBSET
         row["id"] = str(raw[cfg.id_field]) if raw.get(cfg.id_field) is not None else loc
         row["where"] = loc
+        if fmt == "best_of_n" and row["subset"].lower() == TIES:
+            row["ties"] = _ties_key(row, loc, cfg, ties_seen)
         return row
 
     for path in list_input_files(cfg.input):
@@ -98,6 +104,23 @@ def read_suite(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str, ReadReport]:
     if cfg.max_rows:
         rows = rows[: cfg.max_rows]
     return rows, ("pairs" if fmt == "auto" else fmt), report
+
+
+def _ties_key(row: dict[str, Any], loc: str, cfg: EvalConfig, seen: set[tuple[str, str]]) -> tuple[str, str]:
+    """A RewardBench 2 Ties row: its id names its kind and prompt (`ref:<p>`, `tied:<p>`, each once); a tied row
+    has at least two correct answers (its `chosen`)."""
+    from rayrm.rewardbench import ties_id
+
+    try:
+        key = ties_id(row["id"])
+    except ValueError as e:
+        raise BadRowError(f"{loc}: field '{cfg.id_field}': {e}") from None
+    if key in seen:
+        raise BadRowError(f"{loc}: field '{cfg.id_field}': a second Ties row '{row['id']}'")
+    if key[0] == "tied" and len(row["chosen"]) < 2:
+        raise BadRowError(f"{loc}: field '{cfg.chosen_field}': a 'tied' Ties row needs two or more correct answers")
+    seen.add(key)
+    return key
 
 
 def _validate_ranked(raw: Any, loc: str) -> dict[str, Any]:
@@ -162,6 +185,12 @@ def write_units(units: list[tuple[Any, Any]], path: str) -> None:
 
 
 # ---------------------------------------------------------------- 3. scoring
+def eval_block_rows(n_units: int, num_actors: int) -> int:
+    """Rows per Ray Data block for a suite: about four blocks per actor, so every actor has work (scoring's 2048 would
+    hand a small suite to one actor), between 128 (length sorting happens inside a block) and 2048."""
+    return int(min(2048, max(128, -(-n_units // (4 * num_actors)))))
+
+
 def score_units(cfg: EvalConfig, model: str, units_path: str, out: str, n_units: int) -> np.ndarray:
     """Rewards (n_units,) of one model, in unit order, through the scoring pipeline. `out` starts empty: unit ids
     are positions in this run's suite, so rewards left by an earlier run (another suite or model) must not resume."""
@@ -175,7 +204,8 @@ def score_units(cfg: EvalConfig, model: str, units_path: str, out: str, n_units:
     score_cfg = ScoreConfig(model=model, input=units_path, output=out, best_of_n="off", dtype=cfg.dtype,
                             num_actors=cfg.num_actors, cpus_per_actor=cfg.cpus_per_actor,
                             gpus_per_actor=cfg.gpus_per_actor, torch_threads=cfg.torch_threads,
-                            token_budget=cfg.token_budget, packing=cfg.packing)
+                            token_budget=cfg.token_budget, packing=cfg.packing,
+                            block_rows=eval_block_rows(n_units, cfg.num_actors))
     shutil.rmtree(out, ignore_errors=True)
     run_scoring(score_cfg)
     df = pd.read_parquet(os.path.join(out, "rewards"), columns=["id", "reward"])
@@ -200,30 +230,136 @@ def credits(rewards: np.ndarray, chosen: list[list[int]], rejected: list[list[in
     return np.asarray([best_of_n_credit(rewards[c], rewards[r]) for c, r in zip(chosen, rejected)])
 
 
-def accuracy_table(credit: np.ndarray, subsets: np.ndarray) -> dict[str, Any]:
-    """{overall: {accuracy, n, ci95}, subsets: {name: {...}}, sections (RewardBench v1, when its subsets)}."""
-    from rayrm.rewardbench import V1_EXAMPLE_COUNTS, v1_sections, wilson_interval
+def ties_table(rewards: np.ndarray, rows: list[dict[str, Any]], chosen: list[list[int]],
+               rejected: list[list[int]]) -> tuple[Any, np.ndarray] | None:
+    """RewardBench 2's Ties rows of one model -> (TiesTable, their row indices), or None without Ties rows."""
+    from rayrm.rewardbench import TiesTable
+
+    idx = np.asarray([j for j, r in enumerate(rows) if "ties" in r], np.int64)
+    if idx.size == 0:
+        return None
+    table = TiesTable([rows[j]["ties"][0] for j in idx], [rows[j]["ties"][1] for j in idx],
+                      [rewards[chosen[j]] for j in idx], [rewards[rejected[j]] for j in idx])
+    return table, idx
+
+
+def accuracy_table(credit: np.ndarray, subsets: np.ndarray, ties: Any = None, n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """{overall: {accuracy, n, ci95}, subsets: {name: {...}}, sections (RewardBench v1 or 2, when its subsets)}.
+    A Ties subset's accuracy is RewardBench 2's Ties score, its interval a bootstrap over prompts; its rows' credit
+    (in overall) is whether every correct answer outscores every incorrect one."""
+    from rayrm.rewardbench import V1_EXAMPLE_COUNTS, V2_SUBSETS, bootstrap_ties, v1_sections, v2_sections, \
+        wilson_interval
 
     def cell(x: np.ndarray) -> dict[str, Any]:
         return {"accuracy": float(x.mean()), "n": int(x.size), "ci95": list(wilson_interval(float(x.sum()), x.size))}
 
     subs = {s: cell(credit[subsets == s]) for s in sorted(set(subsets.tolist()))}
+    if ties is not None:
+        score, lo, hi = bootstrap_ties(ties, n_boot=n_boot, seed=seed)
+        for s in subs:
+            if s.lower() == TIES:
+                subs[s] = {"accuracy": score, "n": subs[s]["n"], "ci95": [lo, hi], "rule": "RewardBench 2 Ties",
+                           "components": ties.components()}
     out: dict[str, Any] = {"overall": cell(credit), "subsets": subs}
-    if any(s in V1_EXAMPLE_COUNTS for s in subs):
+    v2 = {x.lower() for x in V2_SUBSETS}
+    if any(s.lower() in v2 for s in subs):
+        out["sections"] = v2_sections({s: v["accuracy"] for s, v in subs.items()})
+        out["benchmark"] = "RewardBench 2"
+    elif any(s in V1_EXAMPLE_COUNTS for s in subs):
         out["sections"] = v1_sections({s: v["accuracy"] for s, v in subs.items() if s in V1_EXAMPLE_COUNTS})
+        out["benchmark"] = "RewardBench v1"
     return out
 
 
-def ab_table(credit: np.ndarray, base: np.ndarray, subsets: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    """Paired difference (this model - the first) overall and per subset, with bootstrap 95% intervals."""
-    from rayrm.rewardbench import paired_bootstrap
+def ab_table(credit: np.ndarray, base: np.ndarray, subsets: np.ndarray, n_boot: int, seed: int,
+             ties: Any = None, base_ties: Any = None) -> dict[str, Any]:
+    """Paired difference (this model - the first) overall and per subset, with bootstrap 95% intervals (rows
+    resampled; for a Ties subset, prompts resampled and its score recomputed)."""
+    from rayrm.rewardbench import bootstrap_ties, paired_bootstrap
 
-    def cell(sel: np.ndarray) -> dict[str, Any]:
-        d, lo, hi = paired_bootstrap(credit[sel], base[sel], n_boot, seed)
+    def cell(sel: np.ndarray, name: str = "") -> dict[str, Any]:
+        if ties is not None and name.lower() == TIES:
+            d, lo, hi = bootstrap_ties(ties, base_ties, n_boot, seed)
+        else:
+            d, lo, hi = paired_bootstrap(credit[sel], base[sel], n_boot, seed)
         return {"difference": d, "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0), "n": int(sel.sum())}
 
     return {"overall": cell(np.ones(len(credit), bool)),
-            "subsets": {s: cell(subsets == s) for s in sorted(set(subsets.tolist()))}}
+            "subsets": {s: cell(subsets == s, s) for s in sorted(set(subsets.tolist()))}}
+
+
+def ordered_pairs(rewards: np.ndarray, chosen: list[list[int]], rejected: list[list[int]], fmt: str,
+                  levels: list[list[float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every preference the suite states, as (reward of the preferred, reward of the other) arrays: a pair; each
+    chosen against each rejected of a best-of-N row; each ordered pair of a ranked row."""
+    better: list[int] = []
+    worse: list[int] = []
+    for j, (c, r) in enumerate(zip(chosen, rejected)):
+        if fmt == "ranked":
+            lv = (levels or [])[j]
+            for a in range(len(c)):
+                for b in range(len(c)):
+                    if lv[a] < lv[b]:
+                        better.append(c[a])
+                        worse.append(c[b])
+        else:
+            for a in c:
+                for b in r:
+                    better.append(a)
+                    worse.append(b)
+    return rewards[np.asarray(better, np.int64)], rewards[np.asarray(worse, np.int64)]
+
+
+def calibration(r_better: np.ndarray, r_worse: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Pair-level ECE and reliability table of the Bradley-Terry probability sigmoid(r_better - r_worse), each pair in
+    both orders (rayrm.metrics.pair_ece, as the training job's held-out report)."""
+    import torch
+
+    from rayrm.metrics import pair_ece, pair_reliability
+
+    a, b = torch.as_tensor(r_better, dtype=torch.float64), torch.as_tensor(r_worse, dtype=torch.float64)
+    return {"ece": pair_ece(a, b, n_bins), "pairs": int(a.numel()), "reliability": pair_reliability(a, b, n_bins)}
+
+
+def _chars(x: Any) -> int:
+    return len(x) if isinstance(x, str) else sum(len(str(m.get("content", ""))) for m in x if isinstance(m, dict))
+
+
+def row_lengths(rows: list[dict[str, Any]]) -> np.ndarray:
+    """Per row, characters of the prompt plus its longest completion (the length a reader of the suite sees)."""
+    return np.asarray([_chars(r["prompt"]) + max(_chars(c) for c in r["chosen"] + r["rejected"]) for r in rows],
+                      np.float64)
+
+
+def accuracy_by_length(credit: np.ndarray, lengths: np.ndarray, edges: list[float]) -> list[dict[str, Any]]:
+    """Mean row credit per length bucket (edges from rayrm.metrics.length_bucket_edges), with Wilson intervals."""
+    from rayrm.rewardbench import wilson_interval
+
+    out = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        sel = (lengths >= lo) & ((lengths < hi) | ((i == len(edges) - 2) & (lengths <= hi)))
+        x = credit[sel]
+        out.append({"lo": lo, "hi": hi, "count": int(x.size), "accuracy": float(x.mean()) if x.size else float("nan"),
+                    "ci95": list(wilson_interval(float(x.sum()), x.size))})
+    return out
+
+
+def write_plots(results: dict[str, Any], out: str) -> dict[str, str]:
+    """accuracy_by_subset.png (every model, 95% intervals), reliability_<i>.png and accuracy_by_length_<i>.png."""
+    from rayrm.report import plot_accuracy_by_length, plot_reliability, plot_subset_accuracy
+
+    files = {"accuracy_by_subset": plot_subset_accuracy(
+        [(f"model {i}", m) for i, m in enumerate(results["models"])], os.path.join(out, "accuracy_by_subset.png"))}
+    for i, m in enumerate(results["models"]):
+        files[f"reliability_{i}"] = plot_reliability(
+            m["calibration"]["reliability"], os.path.join(out, f"reliability_{i}.png"),
+            f"model {i}: pair reliability (ECE {m['calibration']['ece']:.3f})")
+        files[f"accuracy_by_length_{i}"] = plot_accuracy_by_length(
+            m["by_length"], os.path.join(out, f"accuracy_by_length_{i}.png"),
+            f"model {i}: accuracy {m['overall']['accuracy']:.3f} by length",
+            xlabel="characters (prompt + longest completion)", ylabel="accuracy (row credit)")
+    return {k: os.path.basename(v) for k, v in files.items()}
 
 
 def gate(results: dict[str, Any], cfg: EvalConfig) -> list[str]:
@@ -261,9 +397,16 @@ def summary_markdown(results: dict[str, Any]) -> str:
             row[i] += f" ({ab['difference']:+.4f}{'*' if ab['significant'] else ''})"
         lines.append(f"| {s} | {cells[0]['n']} | " + " | ".join(row) + " |")
     if "sections" in models[0]:
-        lines += [""] + [f"RewardBench v1 sections, model {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                                                            m["sections"].items())
+        lines += [""] + [f"{m['benchmark']} sections, model {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                                             m["sections"].items())
                          for i, m in enumerate(models)]
+    for s, c in models[0]["subsets"].items():
+        if "components" in c:
+            lines += ["", f"{s}: RewardBench 2's Ties score (30% ref accuracy, 30% tied accuracy, 20% + 20% correct "
+                          "answers closer to each other than to incorrect ones, 1% margin); row credit in overall: "
+                          "every correct answer above every incorrect one."]
+    lines += [""] + [f"model {i}: pair ECE {m['calibration']['ece']:.4f} over {m['calibration']['pairs']:,} "
+                     "preferences (sigmoid of the reward difference)" for i, m in enumerate(models)]
     if len(models) > 1:
         lines += ["", "(in brackets: difference to model 0; * where its paired bootstrap 95% interval excludes 0)"]
     if results["gate_failures"]:
@@ -271,9 +414,20 @@ def summary_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _length_edges(lengths: np.ndarray, n_buckets: int = 4) -> list[float]:
+    import torch
+
+    from rayrm.metrics import length_bucket_edges
+
+    edges = length_bucket_edges(torch.as_tensor(lengths), n_buckets) if lengths.size else [0.0]
+    return edges if len(edges) > 1 else edges * 2  # every row the same length: one bucket
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """The eval job: returns results.json's content (with `gate_failures`), also written under `cfg.output`."""
     import pandas as pd
+
+    from rayrm.report import json_safe
 
     rows, fmt, report = read_suite(cfg)
     units, chosen, rejected = units_of(rows)
@@ -285,16 +439,24 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     subsets = np.asarray([r["subset"] for r in rows])
     table = pd.DataFrame({"id": [r["id"] for r in rows], "where": [r["where"] for r in rows], "subset": subsets})
     levels = [r.get("levels", []) for r in rows]  # ranked rows: completion ranks, lower = better
+    lengths = row_lengths(rows)
+    edges = _length_edges(lengths)
     models: list[dict[str, Any]] = []
-    base = None
+    base = base_ties = None
     for i, model in enumerate(cfg.model):
         rewards = score_units(cfg, model, units_path, os.path.join(cfg.output, "scored", str(i)), len(units))
         credit = credits(rewards, chosen, rejected, fmt, levels)
-        entry = {"model": model, **accuracy_table(credit, subsets)}
+        ties = ties_table(rewards, rows, chosen, rejected)
+        if ties is not None:
+            credit[ties[1]] = ties[0].row_accurate
+        tt = ties[0] if ties is not None else None
+        entry = {"model": model, **accuracy_table(credit, subsets, tt, cfg.bootstrap, cfg.seed)}
+        entry["calibration"] = calibration(*ordered_pairs(rewards, chosen, rejected, fmt, levels))
+        entry["by_length"] = accuracy_by_length(credit, lengths, edges)
         if base is None:
-            base = credit
+            base, base_ties = credit, tt
         else:
-            entry["vs_first"] = ab_table(credit, base, subsets, cfg.bootstrap, cfg.seed)
+            entry["vs_first"] = ab_table(credit, base, subsets, cfg.bootstrap, cfg.seed, tt, base_ties)
         models.append(entry)
         table[f"credit_{i}"] = credit
         if fmt == "ranked":  # rewards in the row's completion order
@@ -305,6 +467,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"input": cfg.input, "format": fmt, "rows": len(rows), "units": len(units),
                                "skipped_rows": report.skipped, "models": models}
     results["gate_failures"] = gate(results, cfg)
+    results["plots"] = write_plots(results, cfg.output)
+    results = json_safe(results)
     table.to_parquet(os.path.join(cfg.output, "scores.parquet"), index=False)
     with open(os.path.join(cfg.output, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -128,7 +128,9 @@ def plot_reliability(table: list[dict[str, float]], path: str, title: str = "rel
     return path
 
 
-def plot_accuracy_by_length(buckets: list[dict[str, float]], path: str, title: str = "accuracy by length") -> str:
+def plot_accuracy_by_length(buckets: list[dict[str, float]], path: str, title: str = "accuracy by length",
+                            xlabel: str = "tokens (prompt + longer response)",
+                            ylabel: str = "pairwise accuracy") -> str:
     """Bar per length bucket (label lo-hi, count above), chance level dashed."""
     fig, ax = _figure()
     labels = [f"{b['lo']:.0f}-{b['hi']:.0f}" for b in buckets]
@@ -138,7 +140,31 @@ def plot_accuracy_by_length(buckets: list[dict[str, float]], path: str, title: s
         ax.annotate(f"n={b['count']}", (i, min(acc[i] + 0.02, 0.95)), ha="center", fontsize=8)
     ax.axhline(0.5, ls="--", c="grey", lw=1)
     ax.set_xticks(range(len(buckets)), labels, fontsize=8)
-    ax.set(ylim=(0, 1), xlabel="tokens (prompt + longer response)", ylabel="pairwise accuracy", title=title)
+    ax.set(ylim=(0, 1), xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_subset_accuracy(models: list[tuple[str, dict[str, Any]]], path: str,
+                         title: str = "accuracy per subset") -> str:
+    """Accuracy per subset (and overall) of each model, side by side, with their 95% intervals as error bars.
+    `models`: [(label, {"overall": cell, "subsets": {name: cell}})], a cell {accuracy, ci95: [lo, hi], n}."""
+    names = ["overall", *models[0][1]["subsets"]]
+    fig, ax = _figure(max(5.5, 1.0 + 0.9 * len(names) * max(1, len(models)) / 2), 4.0)
+    width = 0.8 / len(models)
+    for k, (label, m) in enumerate(models):
+        cells = [m["overall"] if s == "overall" else m["subsets"][s] for s in names]
+        acc = np.asarray([c["accuracy"] for c in cells])
+        err = np.asarray([[a - c["ci95"][0] for a, c in zip(acc, cells)], [c["ci95"][1] - a for a, c in zip(acc, cells)]])
+        x = np.arange(len(names)) + (k - (len(models) - 1) / 2) * width
+        ax.bar(x, acc, width=width, yerr=np.clip(err, 0, None), capsize=3, color=f"C{k}", edgecolor="k", label=label)
+    ax.axhline(0.5, ls="--", c="grey", lw=1)
+    first = models[0][1]
+    counts = [first["overall"]["n"] if s == "overall" else first["subsets"][s]["n"] for s in names]
+    ax.set_xticks(range(len(names)), [f"{s}\n(n={n})" for s, n in zip(names, counts)], fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="accuracy (95% interval)", title=title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     return path

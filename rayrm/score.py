@@ -453,6 +453,24 @@ def best_of_n_block(df: Any, top_k: int, pid: str, idf: str, extra: list[str], t
 
 
 # ---------------------------------------------------------------- the job
+FEED_CPUS = 1.0  # the widest task feeding the actors: Ray Data's streaming repartition asks for one CPU
+
+
+def check_cpu_room(cfg: ScoreConfig, cluster_cpus: float) -> None:
+    """The actor pool must leave CPU for the tasks that feed it (read, repartition, tokenise): actors holding the
+    cluster's CPUs would wait forever for batches no task can make. Raises a ConfigError naming what to change."""
+    from rayrm.config import ConfigError
+
+    pool = cfg.num_actors * cfg.cpus_per_actor
+    feed = max(FEED_CPUS, cfg.tokenize_cpus, cfg.read_cpus)
+    if pool + feed > cluster_cpus + 1e-9:
+        raise ConfigError(
+            f"num_actors x cpus_per_actor = {cfg.num_actors} x {cfg.cpus_per_actor:g} CPUs leaves "
+            f"{max(0.0, cluster_cpus - pool):g} of the cluster's {cluster_cpus:g} CPUs for the tasks that feed the "
+            f"actors, which need {feed:g}: lower cpus_per_actor or num_actors "
+            f"(e.g. cpus_per_actor={max(0.25, (cluster_cpus - feed) / cfg.num_actors):g})")
+
+
 def run_scoring(cfg: ScoreConfig, before_write: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score every input rollout exactly once into `cfg.output`; returns the summary (also in _SUCCESS.json).
 
@@ -463,6 +481,7 @@ def run_scoring(cfg: ScoreConfig, before_write: Callable[[str], None] | None = N
 
     if not ray.is_initialized():
         ray.init()
+    check_cpu_room(cfg, float(ray.cluster_resources().get("CPU", 0.0)))
     # tasks and actors get the typed config, with the export's path absolute (they run in another directory)
     c = cfg.model_copy(update={"model": os.path.abspath(cfg.model) if os.path.exists(cfg.model) else cfg.model})
     from rayrm.model import read_meta, resolve_model_path

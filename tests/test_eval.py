@@ -2,7 +2,6 @@
 accuracy equal to a brute-force single-row `transformers` computation, A/B differences, and the gate."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -13,8 +12,20 @@ from transformers import AutoModelForSequenceClassification
 from conftest import ROOT
 from rayrm.config import EvalConfig, load_config
 from rayrm.data import BadRowError
-from rayrm.eval import read_suite, run_eval, units_of
+from rayrm.eval import (
+    accuracy_by_length,
+    accuracy_table,
+    calibration,
+    ordered_pairs,
+    read_suite,
+    row_lengths,
+    run_eval,
+    ties_table,
+    units_of,
+    write_plots,
+)
 from rayrm.infer import RewardScorer
+from rayrm.metrics import pair_ece
 
 
 def _cfg(inp, out, *overrides) -> EvalConfig:
@@ -52,6 +63,72 @@ def test_read_suite_detects_both_shapes_and_dedupes_units(tmp_path, hh_rows):
     rows, fmt, _ = read_suite(_cfg(_write_jsonl(tmp_path / "b.jsonl", _best_of_4(hh_rows, 3)), tmp_path / "o",
                                    "model=x"))
     assert fmt == "best_of_n" and [len(r["rejected"]) for r in rows] == [3, 3, 3] and rows[1]["subset"] == "Focus"
+
+
+def _ties(hh_rows, n=4) -> list[dict]:
+    """RewardBench 2's Ties rows: per prompt a `ref` row (one correct answer) and a `tied` row (two)."""
+    out = []
+    for i in range(n):
+        a, b, c = hh_rows[20 + 3 * i: 23 + 3 * i]
+        prompt = a["prompt"][-300:]
+        out.append({"id": f"ref:{i}", "prompt": prompt, "chosen": [a["chosen"]], "rejected": [b["rejected"],
+                    c["rejected"]], "subset": "Ties"})
+        out.append({"id": f"tied:{i}", "prompt": prompt, "chosen": [a["chosen"], b["chosen"]],
+                    "rejected": [c["rejected"]], "subset": "Ties"})
+    return out
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"id": "7"}, "field 'id': a Ties row's id must be 'ref:<prompt id>'"),
+        ({"id": "tied:0"}, "field 'chosen': a 'tied' Ties row needs two or more correct answers"),
+        ({"id": "ref:0"}, "field 'id': a second Ties row 'ref:0'"),
+    ],
+)
+def test_bad_ties_rows_name_the_field(tmp_path, bad, needle):
+    good = {"id": "ref:0", "prompt": "p", "chosen": ["a"], "rejected": ["b"], "subset": "Ties"}
+    path = _write_jsonl(tmp_path / "ties.jsonl", [good, {**good, **bad}])
+    with pytest.raises(BadRowError, match=needle) as e:
+        read_suite(_cfg(path, tmp_path / "o", "model=x"))
+    assert "ties.jsonl:line 2" in str(e.value)
+    rows, _, report = read_suite(_cfg(path, tmp_path / "o", "model=x", "on_bad_row=skip"))
+    assert len(rows) == 1 and report.skipped == 1 and rows[0]["ties"] == ("ref", "0")
+
+
+def test_results_without_ray_ties_calibration_length_and_plots(tmp_path, hh_rows):
+    """The result tables from rewards given by hand: Ties score in its subset, v2 sections, ECE, plots on disk."""
+    suite = _best_of_4(hh_rows, 4) + _ties(hh_rows, 3)
+    rows, fmt, _ = read_suite(_cfg(_write_jsonl(tmp_path / "s.jsonl", suite), tmp_path / "o", "model=x"))
+    units, chosen, rejected = units_of(rows)
+    rewards = np.random.default_rng(0).normal(size=len(units))
+    from rayrm.eval import credits
+
+    credit = credits(rewards, chosen, rejected, fmt)
+    table, idx = ties_table(rewards, rows, chosen, rejected)
+    credit[idx] = table.row_accurate
+    subsets = np.asarray([r["subset"] for r in rows])
+    res = accuracy_table(credit, subsets, table, 300, 0)
+    assert res["subsets"]["Ties"]["accuracy"] == pytest.approx(table.score()) and res["subsets"]["Ties"]["n"] == 6
+    assert res["benchmark"] == "RewardBench 2" and set(res["sections"]) == {"Math", "Focus", "Ties", "Score"}
+    assert res["sections"]["Score"] == pytest.approx(np.mean([res["subsets"][s]["accuracy"]
+                                                              for s in ("Math", "Focus", "Ties")]))
+    better, worse = ordered_pairs(rewards, chosen, rejected, fmt)
+    assert better.size == 4 * 3 + 3 * (1 * 2 + 2 * 1)  # best-of-4: 3 per row; ties: ref 1x2, tied 2x1
+    cal = calibration(better, worse)
+    assert cal["pairs"] == better.size and 0 <= cal["ece"] <= 1 and sum(b["count"] for b in cal["reliability"]) == \
+        2 * better.size
+    lengths = row_lengths(rows)
+    assert lengths[0] == len(suite[0]["prompt"]) + max(len(x) for x in suite[0]["chosen"] + suite[0]["rejected"])
+    buckets = accuracy_by_length(credit, lengths, [float(lengths.min()), float(np.median(lengths)),
+                                                   float(lengths.max())])
+    assert sum(b["count"] for b in buckets) == len(rows)
+    m = {**res, "calibration": cal, "by_length": buckets}
+    files = write_plots({"models": [m, m]}, str(tmp_path))
+    assert set(files) == {"accuracy_by_subset", "reliability_0", "reliability_1", "accuracy_by_length_0",
+                          "accuracy_by_length_1"}
+    for f in files.values():
+        assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"
 
 
 def _ranked(hh_rows, n=10) -> list[dict]:
@@ -149,6 +226,9 @@ def test_pairs_suite_matches_brute_force_with_ab(ray_cluster, tmp_path, hh_rows,
         lo, hi = got["mt-bench-hard"]["ci95"]
         assert lo <= got["mt-bench-hard"]["accuracy"] <= hi
         assert set(res["models"][i]["sections"]) == {"Chat", "Chat Hard", "Score"}
+        ece = pair_ece(torch.tensor([x[0] for x in c], dtype=torch.float64), torch.tensor([x[0] for x in r],
+                                                                                           dtype=torch.float64))
+        assert res["models"][i]["calibration"]["ece"] == pytest.approx(ece, abs=1e-4)
     ab = res["models"][1]["vs_first"]["overall"]
     a0, a1 = res["models"][0]["overall"]["accuracy"], res["models"][1]["overall"]["accuracy"]
     assert ab["difference"] == pytest.approx(a1 - a0) and ab["ci95"][0] <= ab["difference"] <= ab["ci95"][1]
@@ -173,20 +253,46 @@ def test_ranked_suite_matches_brute_force(ray_cluster, tmp_path, hh_rows, tiny_e
     assert res["models"][0]["subsets"]["ranked"]["accuracy"] == pytest.approx(np.mean(want), abs=1e-12)
 
 
+def _brute_ties(rows, chosen, rejected) -> float:
+    """RewardBench 2's Ties score written out from its definition, one prompt at a time."""
+    by = {(r["id"].split(":")[0], r["id"].split(":")[1]): (c, x) for r, c, x in zip(rows, chosen, rejected)
+          if r["subset"] == "Ties"}
+    acc = {k: [float(min(c) > max(x)) for (kk, _), (c, x) in by.items() if kk == k] for k in ("ref", "tied")}
+    pref, hard, margin = [], [], []
+    for (kind, p), (c, x) in by.items():
+        if kind != "tied" or ("ref", p) not in by:
+            continue
+        rc, rx = by[("ref", p)]
+        spread, gap, ref_gap = max(c) - min(c), min(c) - max(x), min(rc) - max(rx)
+        pref.append(gap > spread)
+        hard.append(min(gap, ref_gap) > spread)
+        margin.append(np.tanh(min(gap, ref_gap) / spread - 1))
+    return (0.3 * np.mean(acc["tied"]) + 0.3 * np.mean(acc["ref"]) + 0.2 * np.mean(pref) + 0.2 * np.mean(hard)
+            + 0.01 * np.mean(margin))
+
+
 @pytest.mark.integration
-def test_best_of_4_suite_and_the_gate(ray_cluster, tmp_path, hh_rows, tiny_export):
-    rows = _best_of_4(hh_rows)
+def test_best_of_4_suite_with_ties_and_the_gate(ray_cluster, tmp_path, hh_rows, tiny_export):
+    rows = _best_of_4(hh_rows) + _ties(hh_rows)
     path = _write_jsonl(tmp_path / "bon.jsonl", rows)
-    res = run_eval(_cfg(path, tmp_path / "eval", f"model={tiny_export}", "fail_below=1.0"))
+    out = tmp_path / "eval"
+    res = run_eval(_cfg(path, out, f"model={tiny_export}", "fail_below=1.0"))
     assert res["format"] == "best_of_n" and res["units"] == len({(r["prompt"], c) for r in rows
                                                                  for c in r["chosen"] + r["rejected"]})
     c, r = _alone(tiny_export, rows)
-    got = {s: v["accuracy"] for s, v in res["models"][0]["subsets"].items()}
-    assert got == pytest.approx(_brute_accuracy(rows, c, r, pairs=False), abs=1e-12)
-    assert "sections" not in res["models"][0]  # not v1 subsets
+    m = res["models"][0]
+    got = {s: v["accuracy"] for s, v in m["subsets"].items()}
+    want = _brute_accuracy(rows[:12], c[:12], r[:12], pairs=False)
+    want["Ties"] = _brute_ties(rows, c, r)
+    assert got == pytest.approx(want, abs=1e-9)
+    assert m["benchmark"] == "RewardBench 2" and m["sections"]["Score"] == pytest.approx(np.mean(list(want.values())))
+    lo, hi = m["subsets"]["Ties"]["ci95"]
+    assert lo <= want["Ties"] <= hi and m["subsets"]["Ties"]["n"] == 8
+    assert m["calibration"]["pairs"] == 12 * 3 + 4 * (2 + 2)
+    assert sum(b["count"] for b in m["by_length"]) == len(rows)
     assert res["gate_failures"] and "fail_below 1.0" in res["gate_failures"][0]  # accuracy < 1: the gate fails
-    assert os.path.exists(tmp_path / "eval" / "summary.md")
+    assert (out / "summary.md").exists() and (out / res["plots"]["reliability_0"]).exists()
     # the same output dir again with another suite: nothing of the first run's rewards is reused
-    again = run_eval(_cfg(_write_jsonl(tmp_path / "bon2.jsonl", rows[::-1]), tmp_path / "eval", f"model={tiny_export}"))
+    again = run_eval(_cfg(_write_jsonl(tmp_path / "bon2.jsonl", rows[::-1]), out, f"model={tiny_export}"))
     flipped = {s: v["accuracy"] for s, v in again["models"][0]["subsets"].items()}
-    assert flipped == pytest.approx(got, abs=1e-12)
+    assert flipped == pytest.approx(got, abs=1e-9)

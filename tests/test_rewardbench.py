@@ -8,11 +8,15 @@ import pytest
 from rayrm.rewardbench import (
     V1_EXAMPLE_COUNTS,
     V1_SECTIONS,
+    TiesTable,
     best_of_n_credit,
+    bootstrap_ties,
     pair_credit,
     paired_bootstrap,
     ranked_credit,
+    ties_id,
     v1_sections,
+    v2_sections,
     wilson_interval,
 )
 
@@ -86,3 +90,67 @@ def test_ranked_credit_counts_ordered_pairs():
     assert math.isclose(ranked_credit([3.0, 4.0, 1.0, 2.0], levels), 3 / 5)
     with pytest.raises(ValueError, match="different rank"):
         ranked_credit([1.0, 2.0], [1, 1])
+
+
+def _ties_rows():
+    """Three prompts built by hand: chosen = the correct answers, rejected = the incorrect ones."""
+    return [
+        ("ref", "1", [3.0], [1.0, 2.0]),  # gap 1: accurate
+        ("tied", "1", [3.0, 2.5], [1.0]),  # gap 1.5, spread 0.5: accurate
+        ("ref", "2", [0.0], [1.0]),  # gap -1
+        ("tied", "2", [2.0, 0.0], [1.5]),  # gap -1.5, spread 2
+        ("ref", "3", [1.0], [0.0]),  # gap 1: accurate; no tied row for prompt 3
+    ]
+
+
+def test_ties_score_by_hand():
+    kinds, prompts, c, r = zip(*_ties_rows())
+    t = TiesTable(kinds, prompts, c, r)
+    got = t.components()
+    assert got["ref_accuracy"] == pytest.approx(2 / 3) and got["tied_accuracy"] == pytest.approx(1 / 2)
+    # prompt 1: 1.5 > 0.5 and min(1, 1.5) > 0.5; prompt 2: -1.5 > 2 no, min(-1, -1.5) > 2 no
+    assert got["correctness_preferred"] == pytest.approx(0.5) and got["correctness_preferred_hard"] == pytest.approx(0.5)
+    margin = (math.tanh(1 / 0.5 - 1) + math.tanh(-1.5 / 2 - 1)) / 2
+    assert got["margin_score"] == pytest.approx(margin)
+    want = 0.3 * 0.5 + 0.3 * 2 / 3 + 0.2 * 0.5 + 0.2 * 0.5 + 0.01 * margin
+    assert got["score"] == pytest.approx(want, abs=1e-12) and t.score() == got["score"]
+    assert t.row_accurate.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_ties_equal_correct_answers_and_order_of_rows():
+    # two correct answers with the same reward: spread 0, the margin term saturates (tanh(+inf) = 1)
+    t = TiesTable(["tied", "ref"], ["a", "a"], [[2.0, 2.0], [2.0]], [[1.0], [0.5]])
+    got = t.components()
+    assert got["margin_score"] == 1.0 and got["correctness_preferred"] == 1.0 and got["score"] == pytest.approx(1.01)
+    rows = _ties_rows()
+    kinds, prompts, c, r = zip(*rows[::-1])
+    assert TiesTable(kinds, prompts, c, r).score() == pytest.approx(TiesTable(*zip(*rows)).score())
+    with pytest.raises(ValueError, match="two 'ref:1' rows"):
+        TiesTable(["ref", "ref"], ["1", "1"], [[1.0], [1.0]], [[0.0], [0.0]])
+
+
+def test_ties_ids():
+    assert ties_id("ref:12") == ("ref", "12") and ties_id("tied:x:y") == ("tied", "x:y")
+    for bad in ("12", "ref:", "best:3"):
+        with pytest.raises(ValueError, match="'ref:<prompt id>' or 'tied:<prompt id>'"):
+            ties_id(bad)
+
+
+def test_ties_bootstrap_resamples_prompts():
+    kinds, prompts, c, r = zip(*_ties_rows())
+    a = TiesTable(kinds, prompts, c, r)
+    score, lo, hi = bootstrap_ties(a, n_boot=500, seed=1)
+    assert score == a.score() and lo <= score <= hi and hi - lo > 0.1  # 3 prompts: a wide interval
+    assert bootstrap_ties(a, n_boot=500, seed=1) == (score, lo, hi)  # seeded
+    assert bootstrap_ties(a, a, n_boot=200) == (0.0, 0.0, 0.0)  # against itself: exactly 0
+    # weights: prompt 1 twice, prompt 2 never -> ref accuracy 3/3, tied 2/2
+    w = np.asarray([2.0, 0.0, 1.0])  # prompts sorted: "1", "2", "3"
+    assert a.components(w)["ref_accuracy"] == 1.0 and a.components(w)["tied_accuracy"] == 1.0
+
+
+def test_v2_sections_are_the_plain_average():
+    acc = {"Factuality": 0.6, "precise if": 0.4, "Math": 0.7, "Safety": 0.8, "Focus": 0.5, "Ties": 0.3, "other": 0.0}
+    got = v2_sections(acc)
+    assert set(got) == {"Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties", "Score"}
+    assert got["Precise IF"] == 0.4 and got["Score"] == pytest.approx((0.6 + 0.4 + 0.7 + 0.8 + 0.5 + 0.3) / 6)
+    assert v2_sections({"other": 1.0}) == {}

@@ -175,3 +175,15 @@ def test_bad_rows_error_with_file_and_row_or_are_marked(ray_cluster, tiny_export
                    tmp_path / "n.parquet")
     with pytest.raises(Exception, match=r"n\.parquet:row 1: field 'prompt' is missing or null"):
         run_scoring(_cfg(tiny_export, str(tmp_path / "n.parquet"), str(tmp_path / "o3")))
+
+
+def test_actor_pool_must_leave_cpu_for_tokenisation():
+    from rayrm.config import ConfigError, ScoreConfig
+    from rayrm.score import check_cpu_room
+
+    cfg = ScoreConfig(model="m", input="i", output="o", num_actors=2, cpus_per_actor=1.0)
+    with pytest.raises(ConfigError, match=r"num_actors x cpus_per_actor = 2 x 1 CPUs leaves 0 of the cluster's 2 CPUs"
+                                          r".*need 1: .*cpus_per_actor=0.5"):
+        check_cpu_room(cfg, 2.0)  # every CPU held by actors: the feeding tasks could never run (a silent hang)
+    check_cpu_room(cfg, 3.0)
+    check_cpu_room(cfg.model_copy(update={"cpus_per_actor": 0.5}), 2.0)  # 1 + 1 for the feeding tasks fits
