@@ -83,8 +83,26 @@ class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = F(2, "ZeRO 0 (plain DDP) .. 3 (params, grads and optimizer states sharded)")
     precision: Dtype = F("auto", "auto: bf16 on bf16 GPUs (DeepSpeed bf16) and AMX CPUs (bf16 autocast, fp32 weights), "
                                  "fp32 elsewhere; the loss stays fp32")
-    offload_optimizer: bool = F(False, "ZeRO-2/3: keep optimizer states in CPU memory")
+    offload_optimizer: bool = F(False, "ZeRO-2/3: keep optimizer states (and the step) in CPU memory")
+    offload_param: bool = F(False, "ZeRO-3: keep the parameters in CPU memory, fetched layer by layer")
     gradient_clipping: float = F(1.0, "max global grad norm", gt=0)
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedConfig:
+        if self.offload_optimizer and self.zero_stage < 2:
+            raise ValueError(f"offload_optimizer needs zero_stage 2 or 3, got {self.zero_stage}")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError(f"offload_param needs zero_stage 3, got {self.zero_stage}")
+        return self
+
+
+class LoraSection(Section):
+    r: int = F(0, "LoRA rank; 0 -> full fine-tuning", ge=0)
+    alpha: float = F(16.0, "the adapters' update is scaled by alpha / r", gt=0)
+    dropout: float = F(0.0, "dropout on the input of each LoRA branch", ge=0, lt=1)
+    target_modules: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = F(
+        lambda: ["auto"], "auto: every linear layer of the backbone (attention and MLP projections), or module names")
+    save_adapter: bool = F(False, "also write the PEFT adapter to <export>/adapter (the export itself is merged)")
 
 
 # glibc malloc settings of a training worker: one arena (the loop's non-main thread would get its own), no mmap for
@@ -138,6 +156,8 @@ class TrainLoopConfig(Section):
                 "(rayrm.hardware.packing_layout)")
     length_group_batches: int = F(4, "micro-batches per length-sorting buffer: larger pads less, but bunches the long "
                                      "pairs into the same steps", ge=1)
+    activation_checkpointing: bool = F(False, "recompute each layer's activations in the backward instead of keeping "
+                                              "them (less memory, about a third more compute)")
     seed: int = F(42, "seeds the new head (or a model built from a config) and the batch order")
     max_failures: int = F(2, "worker-group restarts Ray Train allows before the run fails", ge=0)
     log_every: int = F(10, "optimizer steps between progress lines", ge=1)
@@ -161,6 +181,7 @@ class TrainConfig(Section):
     scaling: ScalingConfig = F(ScalingConfig, "Ray Train workers and their resources")
     optim: OptimConfig = F(OptimConfig, "AdamW and its schedule")
     train: TrainLoopConfig = F(TrainLoopConfig, "the training loop")
+    lora: LoraSection = F(LoraSection, "LoRA adapters through PEFT (r > 0); the score head is always fully trained")
 
 
 # ---------------------------------------------------------------- offline scoring job schema

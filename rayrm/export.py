@@ -46,6 +46,8 @@ class ExportMeta(BaseModel):
     reward_mean: float = Field(0.0, description="mean reward over the eval split: normalized = (r - mean) / std")
     reward_std: float = Field(1.0, gt=0, description="std of the reward over the eval split")
     temperature: float = Field(1.0, gt=0, description="calibrated P(a > b) = sigmoid((r_a - r_b) / T); 1 if not fitted")
+    lora: dict[str, Any] | None = Field(None, description="LoRA settings of the run (r, alpha, dropout, "
+                                                         "target_modules, trainable_fraction); the weights are merged")
     metrics: dict[str, float] = Field(default_factory=dict, description="final training and held-out metrics")
     data: dict[str, int] = Field(default_factory=dict, description="row counts: train, eval, skipped, truncated")
     wall_s: float | None = Field(None, description="training wall time in seconds")

@@ -86,6 +86,8 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if ds.offload_optimizer and ds.zero_stage >= 2:
         zero["offload_optimizer"] = {"device": "cpu"}
+    if ds.offload_param and ds.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu"}
     return {
         "train_micro_batch_size_per_gpu": tr.micro_batch_size,
         "gradient_accumulation_steps": tr.gradient_accumulation_steps,
@@ -133,6 +135,17 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
         tok.padding_side = "right"
     if cfg.train.disable_dropout:
         disable_dropout(model)
+    module.lora_info = None  # what rayrm.json records of LoRA (rayrm.lora.apply_lora), when r > 0
+    if cfg.lora.r:
+        from rayrm.lora import apply_lora
+
+        try:
+            module.lora_info = apply_lora(model, cfg.lora)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.train.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     o = cfg.optim
     gpu = on_gpu(cfg)
     if gpu:
@@ -140,7 +153,7 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
 
         fast_gpu_attention()
     # fused AdamW on GPU: one kernel for all tensors (the for-each path is a large share of a small model's step)
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
                             fused=gpu or None)
     warmup = max(1, int(total_steps * o.warmup_ratio))
 

@@ -132,3 +132,20 @@ def global_mean(losses: list[float], sizes: list[int], device: torch.device) -> 
     t = torch.tensor([size_weighted_mean(losses, sizes) * n, float(n)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t[0] / t[1].clamp(min=1))
+
+
+def peak_memory_gib(device: torch.device) -> list[float]:
+    """Every rank's peak memory in GiB, in rank order (a collective): the most GPU memory torch allocated on a GPU,
+    the process's peak resident set (RSS, from getrusage) on a CPU."""
+    import resource
+
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        mine = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux reports KiB
+    t = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    t[dist.get_rank()] = mine
+    dist.all_reduce(t)
+    return [float(x) for x in t.cpu()]

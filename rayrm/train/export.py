@@ -49,6 +49,15 @@ def write_export(engine: Any, tok: Any, cfg: TrainConfig, rank: int, out_dir: st
         temperature=metrics.get("eval_temperature", 1.0),  # calibrated P(a > b) = sigmoid((r_a - r_b) / T)
         metrics=metrics,
     )
+    lora = getattr(engine.module, "lora_info", None)
+    if lora is not None:
+        from rayrm.lora import head_name, lora_meta, merged_state_dict, write_adapter
+
+        meta.lora = lora_meta(lora)
+        if cfg.lora.save_adapter:
+            write_adapter(state_dict, os.path.join(out_dir, "adapter"), cfg.lora, lora, cfg.model, head_name(model),
+                          "SEQ_CLS" if cfg.task == "reward" else "TOKEN_CLS")
+        state_dict = merged_state_dict(state_dict, lora["scaling"])
     save_export(model, tok, out_dir, meta, state_dict=state_dict)
     if report_data is not None:
         from rayrm.report import eval_report

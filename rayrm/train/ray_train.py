@@ -95,7 +95,7 @@ def train_func(run: dict[str, Any]) -> None:
 
     from rayrm.metrics import reward_stats, size_weighted_mean
     from rayrm.train.engine import eval_batches, micro_batches, setup_engine, step_loss_for
-    from rayrm.train.evaluate import evaluate, global_mean
+    from rayrm.train.evaluate import evaluate, global_mean, peak_memory_gib
     from rayrm.train.export import write_export
     from rayrm.train.loop import new_state, train_epochs
 
@@ -164,6 +164,9 @@ def train_func(run: dict[str, Any]) -> None:
 
     # 4. final evaluation over all ranks, then the export as the final checkpoint
     eval_metrics, values, report_data = evaluate(cfg, engine, held_out, device, final=True)
+    peaks = peak_memory_gib(device)
+    say("peak memory per worker (GiB, " + ("max allocated" if device.type == "cuda" else "RSS") + "): "
+        + ", ".join(f"{x:.2f}" for x in peaks))
     metrics = {
         "step": state["step"],
         "train_loss": global_mean(stats.losses, stats.sizes, device),
@@ -172,6 +175,8 @@ def train_func(run: dict[str, Any]) -> None:
         "train_loop_wall_s": stats.wall_seconds,  # rank 0's first step start to last step end
         **{f"train_share_{k}": v for k, v in stats.shares().items()},
         "restarts": state["restarts"],
+        "peak_memory_gib": max(peaks),
+        **{f"peak_memory_gib_w{i}": x for i, x in enumerate(peaks)},
         **eval_metrics,
     }
     say("final held-out " + fmt_metrics(eval_metrics))
