@@ -5,7 +5,7 @@
 
 Builds two held-out suites from ../shared/data (written to a temp dir, kept for inspection):
 - pairs (RewardBench v1's row shape): the last --pairs HH pairs (past the first 1,600 the shipped MiniLM recipe trains
-  on), subset = their HH split;
+  on), in two subsets: chosen-longer (the preferred reply is the longer one) and chosen-not-longer (a length probe);
 - best-of-4 rows (RewardBench 2's shape), three subsets of --bon rows each:
   Focus  an HH prompt, its chosen reply against its own rejected reply and two replies written for other prompts;
   Math   a GSM8K question, its reference solution against three solutions with one step corrupted (one calculator
@@ -60,7 +60,8 @@ def build_suites(work: str, n_pairs: int, n_bon: int, seed: int = 0) -> tuple[st
     hh = [json.loads(x) for x in open(os.path.join(DATA, "hh_helpful_online_rs_pairs.jsonl"))]
     held = hh[-n_pairs:]
     pairs = [{"id": f"hh-{len(hh) - n_pairs + i}", "prompt": r["prompt"], "chosen": r["chosen"],
-              "rejected": r["rejected"], "subset": r["source"].split("/")[1]} for i, r in enumerate(held)]
+              "rejected": r["rejected"], "subset": "chosen-longer" if len(r["chosen"]) > len(r["rejected"])
+              else "chosen-not-longer"} for i, r in enumerate(held)]
     rng = random.Random(seed)
     bon = []
     focus = hh[-n_bon:]

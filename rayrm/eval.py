@@ -350,7 +350,8 @@ def write_plots(results: dict[str, Any], out: str) -> dict[str, str]:
     from rayrm.report import plot_accuracy_by_length, plot_reliability, plot_subset_accuracy
 
     files = {"accuracy_by_subset": plot_subset_accuracy(
-        [(f"model {i}", m) for i, m in enumerate(results["models"])], os.path.join(out, "accuracy_by_subset.png"))}
+        [(f"model {i}", m) for i, m in enumerate(results["models"])], os.path.join(out, "accuracy_by_subset.png"),
+        chance=None if results.get("format") == "best_of_n" else 0.5)}  # best-of-N: chance is 1/N, per row
     for i, m in enumerate(results["models"]):
         files[f"reliability_{i}"] = plot_reliability(
             m["calibration"]["reliability"], os.path.join(out, f"reliability_{i}.png"),

@@ -147,8 +147,9 @@ def plot_accuracy_by_length(buckets: list[dict[str, float]], path: str, title: s
 
 
 def plot_subset_accuracy(models: list[tuple[str, dict[str, Any]]], path: str,
-                         title: str = "accuracy per subset") -> str:
-    """Accuracy per subset (and overall) of each model, side by side, with their 95% intervals as error bars.
+                         title: str = "accuracy per subset", chance: float | None = 0.5) -> str:
+    """Accuracy per subset (and overall) of each model, side by side, with their 95% intervals as error bars and
+    the chance level dashed (None: none drawn).
     `models`: [(label, {"overall": cell, "subsets": {name: cell}})], a cell {accuracy, ci95: [lo, hi], n}."""
     names = ["overall", *models[0][1]["subsets"]]
     fig, ax = _figure(max(5.5, 1.0 + 0.9 * len(names) * max(1, len(models)) / 2), 4.0)
@@ -159,7 +160,8 @@ def plot_subset_accuracy(models: list[tuple[str, dict[str, Any]]], path: str,
         err = np.asarray([[a - c["ci95"][0] for a, c in zip(acc, cells)], [c["ci95"][1] - a for a, c in zip(acc, cells)]])
         x = np.arange(len(names)) + (k - (len(models) - 1) / 2) * width
         ax.bar(x, acc, width=width, yerr=np.clip(err, 0, None), capsize=3, color=f"C{k}", edgecolor="k", label=label)
-    ax.axhline(0.5, ls="--", c="grey", lw=1)
+    if chance is not None:
+        ax.axhline(chance, ls="--", c="grey", lw=1)
     first = models[0][1]
     counts = [first["overall"]["n"] if s == "overall" else first["subsets"][s]["n"] for s in names]
     ax.set_xticks(range(len(names)), [f"{s}\n(n={n})" for s, n in zip(names, counts)], fontsize=7)
