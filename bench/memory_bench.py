@@ -12,8 +12,8 @@ to --max-length tokens, micro-batches of --micro-batch pairs per worker. Variant
     lora_ckpt   LoRA with activation checkpointing
 Each runs `rayrm.train.run_training` in turn and prints the peak memory of each worker (peak RSS of its process,
 from the job's `peak_memory_gib_w*` metrics), the machine's lowest available memory while it ran (sampled every
-0.5 s), pairs/s of the loop and the wall time. A variant that runs out of memory is reported as such (its error) and
-the next one runs.
+0.5 s), pairs/s of the loop and the wall time. Each variant gets a fresh local Ray cluster; one that runs out of memory
+is reported as such and the next one runs.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ def main() -> None:
     from rayrm.config import TrainConfig, load_config
     from rayrm.train import run_training
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     work = tempfile.mkdtemp(prefix="rayrm-memory-bench-")
     pairs = args.steps * args.micro_batch * args.workers
     eval_pairs = 2 * args.workers
@@ -83,6 +82,7 @@ def main() -> None:
         stop, floor = threading.Event(), {}
         sampler = threading.Thread(target=available_floor, args=(stop, floor), daemon=True)
         sampler.start()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)  # a fresh cluster: nothing left by a failed variant
         t = time.perf_counter()
         try:
             m = run_training(cfg)
@@ -92,14 +92,16 @@ def main() -> None:
             if meta.get("lora"):
                 row["trainable_fraction"] = round(meta["lora"]["trainable_fraction"], 5)
         except Exception as e:  # noqa: BLE001 - an out-of-memory variant is a result, not a crash of the bench
-            row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            text = str(e)
+            row = {"error": "out of memory: Ray's memory monitor killed the workers" if "low on memory" in text
+                   or "OOM" in text else f"{type(e).__name__}: {text.splitlines()[0][:300]}"}
+        ray.shutdown()
         stop.set()
         sampler.join()
         row["wall_s"] = round(time.perf_counter() - t, 1)
         row["machine_min_available_gib"] = round(floor["min_available_gib"], 2)
         report["variants"][name] = row
         print(f"RESULT {name}: {json.dumps(row)}", flush=True)
-    ray.shutdown()
     print(json.dumps(report, indent=2))
 
 

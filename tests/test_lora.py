@@ -55,6 +55,26 @@ def test_merged_weights_and_the_adapter_give_the_adapted_model(tmp_path, name, t
         assert torch.allclose(peft_model(input_ids=ids, attention_mask=mask).logits[:, 0], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, head", [(TINY_QWEN3, "score"), (MINILM, "classifier")])
+def test_token_classifiers_take_lora_too(tmp_path, name, head):
+    """ORM/PRM heads: the token classifier's head trains in full, the merged weights give the same logits."""
+    from rayrm.model import load_token_model
+
+    tok = load_tokenizer(MINILM)
+    model = load_token_model(name, tok, 3, seed=1).eval()
+    info = apply_lora(model, LoraSection(r=2))
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n} == {head}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+        ids, mask = _batch(tok)
+        want = model(input_ids=ids, attention_mask=mask).logits
+        plain = load_token_model(name, tok, 3, seed=2).eval()
+        plain.load_state_dict(merged_state_dict(model.state_dict(), info["scaling"]))
+        assert torch.allclose(plain(input_ids=ids, attention_mask=mask).logits, want, atol=1e-5)
+
+
 def test_lora_settings_are_checked():
     tok = load_tokenizer(MINILM)
     with pytest.raises(ValueError, match="names the head 'score'"):
@@ -127,22 +147,15 @@ def test_lora_zero2_two_workers(ray_cluster, tmp_path, hh_small):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_lora_zero3_offload_and_checkpointing(ray_cluster, tmp_path, hh_small):
+@pytest.mark.parametrize("overrides, fail, restarts", [
+    (["deepspeed.zero_stage=3", "deepspeed.offload_param=true", "deepspeed.offload_optimizer=true",
+      "train.activation_checkpointing=true"], False, 0),
+    (["train.checkpoint_every=2", "train.max_failures=1"], True, 1),  # a worker dies after the step-2 checkpoint
+], ids=["zero3-offload-checkpointing", "resume-after-worker-failure"])
+def test_lora_zero3_offload_checkpointing_and_resume(ray_cluster, tmp_path, hh_small, overrides, fail, restarts):
     from rayrm.train import run_training
 
-    cfg = _cfg(tmp_path, hh_small, "deepspeed.zero_stage=3", "deepspeed.offload_param=true",
-               "deepspeed.offload_optimizer=true", "train.activation_checkpointing=true")
-    m = run_training(cfg)
-    assert m["step"] == 6
-    _check_lora_export(os.path.join(tmp_path, "final"), cfg, m)
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_lora_resumes_after_a_worker_failure(ray_cluster, tmp_path, hh_small):
-    from rayrm.train import run_training
-
-    cfg = _cfg(tmp_path, hh_small, "train.checkpoint_every=2", "train.max_failures=1")
-    m = run_training(cfg, on_checkpoint=ExitAfterCheckpoint(step=2))
-    assert m["restarts"] == 1 and m["step"] == 6
+    cfg = _cfg(tmp_path, hh_small, *overrides)
+    m = run_training(cfg, on_checkpoint=ExitAfterCheckpoint(step=2) if fail else None)
+    assert m["restarts"] == restarts and m["step"] == 6
     _check_lora_export(os.path.join(tmp_path, "final"), cfg, m)
