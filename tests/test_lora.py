@@ -133,6 +133,16 @@ def _check_lora_export(export: str, cfg: TrainConfig, m: dict) -> None:
     with torch.no_grad():
         assert torch.allclose(peft_model(input_ids=ids, attention_mask=mask).logits,
                               plain(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+    # rayrm's scorer (offline scoring and serving) on the merged export == plain transformers, one row at a time
+    from rayrm.infer import RewardScorer
+
+    scorer = RewardScorer(export)
+    prompts, completions = ["Human: hi\n\nAssistant:", "Human: why?\n\nAssistant:"], [" hello there", " because"]
+    ours = scorer.score(prompts, completions)
+    with torch.no_grad():
+        alone = [float(plain(input_ids=torch.tensor([scorer.tokenize([p], [c]).ids[0]])).logits[0, 0])
+                 for p, c in zip(prompts, completions)]
+    assert ours == pytest.approx(alone, abs=1e-5)
 
 
 @pytest.mark.integration

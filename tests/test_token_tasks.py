@@ -104,8 +104,9 @@ def gsm8k_small(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("task", ["orm", "prm"])
-def test_token_rm_trains_evaluates_and_exports(ray_cluster, tmp_path, gsm8k_small, task):
+@pytest.mark.parametrize("task, extra", [("orm", []), ("prm", []), ("orm", ["lora.r=4", "lora.alpha=8"])],
+                         ids=["orm", "prm", "orm-lora"])
+def test_token_rm_trains_evaluates_and_exports(ray_cluster, tmp_path, gsm8k_small, task, extra):
     from transformers import AutoModelForTokenClassification
 
     from rayrm.train import run_training
@@ -113,7 +114,7 @@ def test_token_rm_trains_evaluates_and_exports(ray_cluster, tmp_path, gsm8k_smal
     cfg = load_config(None, [
         f"name=tok-{task}", f"task={task}", f"output_dir={tmp_path}", f"model={TINY_QWEN3}", f"tokenizer={MINILM}",
         f"data.path={gsm8k_small}/{task}.jsonl", "data.max_length=96", "data.eval_fraction=0.25",
-        "train.micro_batch_size=8", "train.eval_batch_size=8", "optim.lr=1e-3", "deepspeed.zero_stage=2",
+        "train.micro_batch_size=8", "train.eval_batch_size=8", "optim.lr=1e-3", "deepspeed.zero_stage=2", *extra,
     ], TrainConfig)
     m = run_training(cfg)
     assert m["train_pairs"] == 72 and m["eval_num_solutions"] == 24 and m["step"] == 5  # 36 rows/worker, 8 per step
@@ -122,6 +123,7 @@ def test_token_rm_trains_evaluates_and_exports(ray_cluster, tmp_path, gsm8k_smal
     final = os.path.join(tmp_path, "final")
     meta = json.load(open(os.path.join(final, "rayrm.json")))
     assert meta["task"] == task and meta["aggregate"] == ("mean" if task == "orm" else "min")
+    assert (meta["lora"] or {}).get("r") == (4 if extra else None)  # LoRA: merged into a plain token classifier
     model = AutoModelForTokenClassification.from_pretrained(final)
     assert model.config.num_labels == (1 if task == "orm" else 3)
     # scoring through the Ray Data job: per-token (ORM) / per-step (PRM) probabilities and their aggregate

@@ -153,8 +153,8 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
 
         fast_gpu_attention()
     # fused AdamW on GPU: one kernel for all tensors (the for-each path is a large share of a small model's step)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                            fused=gpu or None)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters and the head
+    opt = torch.optim.AdamW(trainable, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=gpu or None)
     warmup = max(1, int(total_steps * o.warmup_ratio))
 
     def lr_lambda(step: int) -> float:
