@@ -24,9 +24,9 @@ import numpy as np
 from rayrm.config import EvalConfig
 from rayrm.data import BadRowError, ReadReport, validate_row
 from rayrm.progress import say
+from rayrm.rewardbench import TIES  # the Ties subset (any case), scored by its own rule (TiesTable)
 
 NO_SUBSET = "all"
-TIES = "ties"  # RewardBench 2's Ties subset (any case): scored by its own rule (rayrm.rewardbench.TiesTable)
 
 
 # ---------------------------------------------------------------- 1. rows
@@ -333,14 +333,19 @@ def row_lengths(rows: list[dict[str, Any]]) -> np.ndarray:
 
 
 def accuracy_by_length(credit: np.ndarray, lengths: np.ndarray, edges: list[float]) -> list[dict[str, Any]]:
-    """Mean row credit per length bucket (edges from rayrm.metrics.length_bucket_edges), with Wilson intervals."""
+    """Mean row credit per length bucket (edges from rayrm.metrics.length_bucket_edges, buckets as
+    rayrm.metrics.bucket_index cuts them), with Wilson intervals."""
+    import torch
+
+    from rayrm.metrics import bucket_index
     from rayrm.rewardbench import wilson_interval
 
+    idx = bucket_index(torch.as_tensor(lengths), edges).numpy()
     out = []
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        sel = (lengths >= lo) & ((lengths < hi) | ((i == len(edges) - 2) & (lengths <= hi)))
-        x = credit[sel]
-        out.append({"lo": lo, "hi": hi, "count": int(x.size), "accuracy": float(x.mean()) if x.size else float("nan"),
+    for b in range(max(1, len(edges) - 1)):
+        x = credit[idx == b]
+        out.append({"lo": edges[b], "hi": edges[min(b + 1, len(edges) - 1)], "count": int(x.size),
+                    "accuracy": float(x.mean()) if x.size else float("nan"),
                     "ci95": list(wilson_interval(float(x.sum()), x.size))})
     return out
 
@@ -420,8 +425,7 @@ def _length_edges(lengths: np.ndarray, n_buckets: int = 4) -> list[float]:
 
     from rayrm.metrics import length_bucket_edges
 
-    edges = length_bucket_edges(torch.as_tensor(lengths), n_buckets) if lengths.size else [0.0]
-    return edges if len(edges) > 1 else edges * 2  # every row the same length: one bucket
+    return length_bucket_edges(torch.as_tensor(lengths), n_buckets) if lengths.size else [0.0]
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def apply_lora(model: torch.nn.Module, cfg: LoraSection) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "target_modules": targets,
-            "trainable_fraction": trainable / total, "trainable_params": trainable, "scaling": cfg.alpha / cfg.r}
+            "trainable_fraction": trainable / total, "scaling": cfg.alpha / cfg.r}
 
 
 def merged_state_dict(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:

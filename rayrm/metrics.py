@@ -194,13 +194,18 @@ def length_bucket_edges(lengths: torch.Tensor, n_buckets: int = 4) -> list[float
     return sorted({float(x) for x in q})
 
 
+def bucket_index(lengths: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
+    """Bucket of each length (n,) -> (n,) long: i where e_i <= length < e_{i+1}, the last bucket also taking the
+    maximum; one bucket (0) when `edges` has a single value. Buckets 0 .. max(1, len(edges) - 1) - 1."""
+    inner = torch.tensor(list(edges[1:-1]), dtype=torch.float64)
+    return torch.bucketize(lengths.double(), inner, right=True)
+
+
 def accuracy_by_bucket(
     r_chosen: torch.Tensor, r_rejected: torch.Tensor, lengths: torch.Tensor, edges: Sequence[float]
 ) -> list[dict[str, float]]:
     """Pairwise accuracy per length bucket: [{lo, hi, count, accuracy}], buckets from `edges` (see above)."""
-    lengths = lengths.double()
-    inner = torch.tensor(list(edges[1:-1]), dtype=torch.float64)
-    idx = torch.bucketize(lengths, inner, right=True)  # e_i <= x < e_{i+1} -> i
+    idx = bucket_index(lengths, edges)
     out = []
     for b in range(max(1, len(edges) - 1)):
         sel = idx == b
