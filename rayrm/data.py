@@ -376,13 +376,14 @@ class GroupTokenizer:
 
     Output columns: `ids` (all K sequences concatenated, int32), `lens` (K lengths), `weight`, `margin`, `truncated`.
     One row holds one whole group, so sharding and batching never split a pair or a ranking. Loads the tokenizer
-    once per worker process.
+    once per worker process, unless `tokenizer` passes one already loaded.
     """
 
-    def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False, append_eos: bool = True):
+    def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False, append_eos: bool = True,
+                 tokenizer: Any = None):
         from rayrm.model import load_tokenizer
 
-        self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
         self.tokenizer.model_max_length = 10**9  # we truncate ourselves; silences the over-length warning
         self.max_length = max_length
         self.layout = special_layout(self.tokenizer, append_eos)

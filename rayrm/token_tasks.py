@@ -139,15 +139,16 @@ def tokenize_process(
 
 class TokenTaskTokenizer:
     """Ray Data batch function for ORM/PRM rows -> `ids`, `labels` (int32, per token), `target` (1 when the whole
-    solution is correct), `weight`, `truncated`. Loads the tokenizer once per worker process."""
+    solution is correct), `weight`, `truncated`. Loads the tokenizer once per worker process, unless `tokenizer` passes
+    one already loaded."""
 
     def __init__(self, task: str, tokenizer_name: str, max_length: int, separator: str = "\n",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, tokenizer: Any = None):
         from rayrm.data import special_layout
         from rayrm.model import load_tokenizer
 
         self.task = task
-        self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name, trust_remote_code)
         self.tokenizer.model_max_length = 10**9
         self.max_length = max_length
         self.separator = separator

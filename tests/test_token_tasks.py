@@ -102,6 +102,16 @@ def gsm8k_small(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.integration
+def test_driver_and_actor_tokenisation_agree_on_prm_rows(ray_cluster, tmp_path, gsm8k_small, monkeypatch):
+    from test_train import assert_same_tokenised_rows
+
+    cfg = load_config(None, ["task=prm", f"output_dir={tmp_path}", f"model={TINY_QWEN3}", f"tokenizer={MINILM}",
+                             f"data.path={gsm8k_small}/prm.jsonl", "data.max_length=64", "scaling.num_workers=2"],
+                      TrainConfig)
+    assert_same_tokenised_rows(cfg, monkeypatch)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("task, extra", [("orm", []), ("prm", []), ("orm", ["lora.r=4", "lora.alpha=8"])],

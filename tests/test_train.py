@@ -146,6 +146,29 @@ def hh_ranked(tmp_path_factory, hh_rows) -> str:
     return str(path)
 
 
+def assert_same_tokenised_rows(cfg, monkeypatch) -> None:
+    """Tokenising on the driver (small data) and in a Ray Data actor (large data) give the same rows and facts."""
+    import numpy as np
+
+    from rayrm.train import driver
+
+    here, facts = driver.prepare_datasets(cfg)
+    monkeypatch.setattr(driver, "DRIVER_TOKENIZE_ROWS", 0)
+    actor, facts_actor = driver.prepare_datasets(cfg)
+    assert facts == facts_actor
+    for split in ("train", "eval"):
+        a, b = here[split].take_all(), actor[split].take_all()
+        assert len(a) == len(b) > 0 and a[0].keys() == b[0].keys()
+        for x, y in zip(a, b):
+            for k in x:
+                assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), (split, k)
+
+
+def test_driver_and_actor_tokenisation_agree(ray_cluster, tmp_path, hh_ranked, monkeypatch):
+    cfg = _cfg(tmp_path, hh_ranked, "train.loss=plackett_luce", "data.max_length=48", "scaling.num_workers=2")
+    assert_same_tokenised_rows(cfg, monkeypatch)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["plackett_luce", "grouped_pairs"])
 def test_ranked_losses_train_on_k_wise_rows(ray_cluster, tmp_path, hh_ranked, loss):

@@ -1,5 +1,6 @@
-"""The training job on the driver: read and check the data, tokenise it with Ray Data, run the `TorchTrainer` whose
-workers run `rayrm.train.ray_train.train_func`, and copy the final checkpoint out as `<output_dir>/final`.
+"""The training job on the driver: read and check the data, tokenise it (on the driver up to DRIVER_TOKENIZE_ROWS
+rows, else with a Ray Data actor), run the `TorchTrainer` whose workers run `rayrm.train.ray_train.train_func`, and
+copy the final checkpoint out as `<output_dir>/final`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from rayrm.config import TrainConfig
 from rayrm.errors import UserError
 from rayrm.export import ExportMeta
 from rayrm.progress import say
+
+# Up to this many rows (train + held-out) are tokenised in the driver process, which has the tokenizer loaded already;
+# a Ray Data actor costs about 5 s per split to start and import transformers, more than tokenising 20k rows here.
+DRIVER_TOKENIZE_ROWS = 20_000
 
 
 # ---------------------------------------------------------------- driver side
@@ -31,8 +36,18 @@ def _pad_to_multiple(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]
     return out
 
 
+def _tokenize_here(fn: Any, rows: list[dict[str, Any]], batch_size: int = 256) -> list[dict[str, Any]]:
+    """Run a Ray Data batch function over rows in this process: the same output rows map_batches would give."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        cols = fn({k: [r.get(k) for r in part] for k in part[0]})
+        out += [{k: v[j] for k, v in cols.items()} for j in range(len(part))]
+    return out
+
+
 def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read, validate, render and split the preference data; tokenise it with Ray Data.
+    """Read, validate, render and split the preference data; tokenise it (`DRIVER_TOKENIZE_ROWS`).
 
     Returns ({"train": ds, "eval": ds}, facts) where facts has row counts, skipped and truncated rows.
     """
@@ -75,19 +90,28 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         fn, kwargs = TokenTaskTokenizer, {"task": cfg.task, "tokenizer_name": tok_name, "max_length": d.max_length,
                                           "separator": d.step_separator, "trust_remote_code": cfg.trust_remote_code}
 
-    def to_ds(part: list[dict[str, Any]]) -> Any:
+    here = len(train_rows) + len(eval_rows) <= DRIVER_TOKENIZE_ROWS
+    local_fn = fn(**kwargs, tokenizer=tok) if here else None
+    trunc: dict[str, int] = {}
+
+    def to_ds(name: str, part: list[dict[str, Any]]) -> Any:
         if cfg.task == "reward":  # render on the driver: chat templates, implicit prompts
             part = [{k: v for k, v in render_group(r, tok).items() if k in keys} for r in part]
-        ds = ray.data.from_items(_pad_to_multiple(part, world))
+        part = _pad_to_multiple(part, world)
+        if local_fn is not None:
+            out = _tokenize_here(local_fn, part)
+            trunc[name] = sum(int(r["truncated"]) for r in out)
+            return ray.data.from_items(out)
+        ds = ray.data.from_items(part)
         ds.context.execution_options.preserve_order = True  # same rows in the same order: a seed gives one model
         ds = ds.map_batches(fn, fn_constructor_kwargs=kwargs, batch_size=256,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0.5)
-        return ds.materialize()
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=0.5).materialize()
+        # read the materialised column (Dataset.sum would plan an aggregation with its own shuffle, seconds per call)
+        trunc[name] = sum(int(b["truncated"].sum())
+                          for b in ds.select_columns(["truncated"]).iter_batches(batch_size=None))
+        return ds
 
-    datasets = {"train": to_ds(train_rows), "eval": to_ds(eval_rows)}
-    # read the materialised column (Dataset.sum would plan an aggregation with its own shuffle, seconds per call)
-    trunc = {k: sum(int(b["truncated"].sum()) for b in ds.select_columns(["truncated"]).iter_batches(batch_size=None))
-             for k, ds in datasets.items()}
+    datasets = {"train": to_ds("train", train_rows), "eval": to_ds("eval", eval_rows)}
     facts = {
         "train_pairs": len(train_rows),
         "eval_pairs": len(eval_rows),
