@@ -141,3 +141,17 @@ def test_cpu_bf16_is_autocast_not_deepspeed_bf16(tmp_path, hh_small):
         r = RewardModule(model, 1, cpu_autocast=autocast)(ids, torch.ones_like(ids))
         assert seen[-1] == inner and r.dtype == torch.float32  # matmuls in bf16, rewards (and the loss) in fp32
     assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("overrides, stage", [
+    (["scaling.num_workers=1", "deepspeed.zero_stage=2"], 0),  # one rank: nothing to partition
+    (["scaling.num_workers=1", "deepspeed.zero_stage=1"], 0),
+    (["scaling.num_workers=2", "deepspeed.zero_stage=2"], 2),
+    (["scaling.num_workers=1", "deepspeed.zero_stage=2", "deepspeed.offload_optimizer=true"], 2),  # offload needs it
+    (["scaling.num_workers=1", "deepspeed.zero_stage=3"], 3),  # ZeRO-3 keeps its own semantics (gathered save)
+])
+def test_one_worker_runs_zero_1_and_2_as_stage_0(overrides, stage):
+    from rayrm.train.engine import deepspeed_config, zero_stage
+
+    cfg = load_config(None, overrides, TrainConfig)
+    assert zero_stage(cfg) == stage == deepspeed_config(cfg)["zero_optimization"]["stage"]

@@ -179,7 +179,12 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
         ),
     )
     precision = cfg.deepspeed.precision + (" (bf16 on bf16 GPUs and AMX CPUs, else fp32)" if cfg.deepspeed.precision == "auto" else "")
-    say(f"training {total_steps} steps on {world} workers (ZeRO-{cfg.deepspeed.zero_stage}, {precision})")
+    from rayrm.train.engine import zero_stage
+
+    stage = zero_stage(cfg)
+    zero = f"ZeRO-{stage}" + (f" (deepspeed.zero_stage={cfg.deepspeed.zero_stage}: one worker has nothing to partition)"
+                               if stage != cfg.deepspeed.zero_stage else "")
+    say(f"training {total_steps} steps on {world} workers ({zero}, {precision})")
     t0 = time.time()
     try:
         result = trainer.fit()

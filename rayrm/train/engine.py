@@ -78,10 +78,20 @@ def resolved_precision(cfg: TrainConfig) -> str:
     return training_precision(cfg.deepspeed.precision, "cuda" if on_gpu(cfg) else "cpu")
 
 
+def zero_stage(cfg: TrainConfig) -> int:
+    """The ZeRO stage DeepSpeed runs: deepspeed.zero_stage, except that stages 1-2 on one worker without optimizer
+    offload run as stage 0. One rank has nothing to partition, and stage 2's gradient buckets and flat fp32 copies
+    cost about 7% of a CPU step (bench/ray_tax_bench.py) and memory on a GPU for nothing."""
+    ds = cfg.deepspeed
+    if ds.zero_stage in (1, 2) and cfg.scaling.num_workers == 1 and not ds.offload_optimizer:
+        return 0
+    return ds.zero_stage
+
+
 def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
     """DeepSpeed JSON config of a training config."""
     ds, tr = cfg.deepspeed, cfg.train
-    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    zero: dict[str, Any] = {"stage": zero_stage(cfg)}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if ds.offload_optimizer and ds.zero_stage >= 2:
@@ -152,9 +162,9 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
         from rayrm.model import fast_gpu_attention
 
         fast_gpu_attention()
-    # fused AdamW on GPU: one kernel for all tensors (the for-each path is a large share of a small model's step)
+    # fused AdamW (GPU and CPU kernels): one pass over each tensor instead of the for-each path's several
     trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters and the head
-    opt = torch.optim.AdamW(trainable, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=gpu or None)
+    opt = torch.optim.AdamW(trainable, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
     warmup = max(1, int(total_steps * o.warmup_ratio))
 
     def lr_lambda(step: int) -> float:
