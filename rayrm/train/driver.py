@@ -16,8 +16,9 @@ from rayrm.errors import UserError
 from rayrm.export import ExportMeta
 from rayrm.progress import say
 
-# Up to this many rows (train + held-out) are tokenised in the driver process, which has the tokenizer loaded already;
-# a Ray Data actor costs about 5 s per split to start and import transformers, more than tokenising 20k rows here.
+# Up to this many rows (train + held-out) are tokenised in the driver process, which has the tokenizer loaded already:
+# the work is the same, and a Ray Data actor adds about 5 s per split to start and import transformers. Larger data
+# goes through the actor, so the driver never holds the token ids of a large dataset.
 DRIVER_TOKENIZE_ROWS = 20_000
 
 
