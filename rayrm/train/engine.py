@@ -81,7 +81,7 @@ def resolved_precision(cfg: TrainConfig) -> str:
 def zero_stage(cfg: TrainConfig) -> int:
     """The ZeRO stage DeepSpeed runs: deepspeed.zero_stage, except that stages 1-2 on one worker without optimizer
     offload run as stage 0. One rank has nothing to partition, and stage 2's gradient buckets and flat fp32 copies
-    cost about 7% of a CPU step (bench/ray_tax_bench.py) and memory on a GPU for nothing."""
+    cost time and memory for nothing (with fused AdamW, about 5% of the loop on a 2-core CPU: docs/benchmarks.md)."""
     ds = cfg.deepspeed
     if ds.zero_stage in (1, 2) and cfg.scaling.num_workers == 1 and not ds.offload_optimizer:
         return 0
