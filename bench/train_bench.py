@@ -15,8 +15,10 @@ max_length (TRL drops longer pairs); TRL gets rayrm's token ids as pre-tokenised
 Same AdamW, lr, linear warmup (the same number of warmup steps) and decay, batch of 16 pairs, one epoch, 2 threads.
 
 Timed the same way:
-- loop: from the first step's start to the last step's end (TRL: a TrainerCallback; rayrm: the worker loop's own
-  wall span, `train_loop_wall_s`), pairs trained / seconds;
+- loop: from the first step's start to the last step's end, pairs trained / seconds. TRL: a TrainerCallback (the
+  Trainer fetches a step's batches before `on_step_begin`); rayrm: the worker loop's own wall span,
+  `train_loop_wall_s`, from its first micro-batch in hand (the wait for it, starting the Ray Data stream, is printed
+  as `first_batch_s` and counts end to end);
 - end to end: TRL from loading the model to the saved model, with one evaluation of the held-out pairs; rayrm the
   `run_training` call (worker start, data, training, its held-out evaluation, the export), the Ray cluster up.
 Held-out accuracy: one function (plain `transformers` forward, length-sorted batches) on all 384 held-out pairs
@@ -140,6 +142,7 @@ def run_rayrm(seed: int, args: argparse.Namespace, work: str) -> dict:
     e2e = time.perf_counter() - t0
     return {"pairs": m["train_pairs"], "loop_pairs_per_s": m["train_pairs"] / m["train_loop_wall_s"],
             "phase_pairs_per_s": m["train_pairs_per_s"], "e2e_pairs_per_s": m["train_pairs"] / e2e,
+            "first_batch_s": m["train_first_batch_s"],
             "export": os.path.join(out, "final"), "settings": {"precision": cfg.deepspeed.precision}}
 
 

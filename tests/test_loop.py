@@ -155,3 +155,36 @@ def test_one_worker_runs_zero_1_and_2_as_stage_0(overrides, stage):
 
     cfg = load_config(None, overrides, TrainConfig)
     assert zero_stage(cfg) == stage == deepspeed_config(cfg)["zero_optimization"]["stage"]
+
+
+def test_the_loop_clock_starts_with_the_first_micro_batch_in_hand():
+    # as a transformers Trainer callback's on_step_begin (after its first batch is fetched): starting the data stream
+    # is reported as first_batch_s, not loop time. DeepSpeed's engine interface over a plain torch optimizer.
+    import time
+
+    from rayrm.train.loop import new_state, train_epochs
+
+    class TorchEngine:
+        def __init__(self) -> None:
+            self.model = torch.nn.Linear(4, 1)
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+        def is_gradient_accumulation_boundary(self) -> bool:
+            return True
+
+        def backward(self, loss: torch.Tensor) -> None:
+            loss.backward()
+
+        def step(self) -> None:
+            self.opt.step()
+            self.opt.zero_grad()
+
+    def batches(epoch: int):
+        time.sleep(0.5)  # a slow start of the data stream
+        for _ in range(3):
+            yield {"x": torch.randn(2, 4)}, torch.ones(2)
+
+    state = new_state()
+    stats = train_epochs(TorchEngine(), batches, lambda e, b, w: e.model(b["x"]).pow(2).mean(), state, 1)
+    assert state["step"] == 3 and stats.rows == 6
+    assert stats.first_batch_s >= 0.5 > stats.wall_seconds >= stats.seconds and stats.phase["data"] < 0.5

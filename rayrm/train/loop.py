@@ -28,7 +28,8 @@ class LoopStats:
     sizes: list[int] = field(default_factory=list)
     rows: int = 0  # real rows (pairs, rankings, solutions) trained on; weight-0 fillers excluded
     phase: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    started: float | None = None  # perf_counter when the first micro-batch was fetched
+    started: float | None = None  # perf_counter when the first micro-batch was in hand (as a Trainer's on_step_begin)
+    first_batch_s: float = 0.0  # waiting for that first micro-batch (starting the data stream): not loop time
     ended: float | None = None  # ... when the last optimizer step ended
 
     @property
@@ -63,14 +64,15 @@ def train_epochs(
     stats = LoopStats()
     while state["epoch"] < epochs:
         t_last = time.perf_counter()
-        if stats.started is None:
-            stats.started = t_last
         for micro, (batch, weight) in enumerate(batches_of_epoch(state["epoch"])):
             if micro < state["micro_step"]:
                 continue  # fast-forward after a restart
             # 1. one micro-batch: forward, backward, (at a boundary) the optimizer step, each timed
             boundary = engine.is_gradient_accumulation_boundary()  # this micro-batch completes an optimizer step
             t_data = time.perf_counter()
+            if stats.started is None:  # the loop clock starts with the first micro-batch in hand
+                stats.first_batch_s = t_data - t_last
+                stats.started = t_last = t_data
             loss = step_loss(engine, batch, weight)
             t_fwd = time.perf_counter()
             engine.backward(loss)
