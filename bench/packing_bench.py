@@ -1,18 +1,21 @@
-"""Packing benchmark: packed decoder batches against padded ones, for training steps and for scoring, in one process.
+"""Packing benchmark: packed batches against padded ones, for training steps and (decoders) scoring, in one process.
 
     python bench/packing_bench.py                       # Qwen3-shaped decoder, 384 hidden x 6 layers, HH lengths
     python bench/packing_bench.py --config configs/models/tiny-qwen3 --reps 3
+    python bench/packing_bench.py --encoder             # MiniLM-L6 (BERT): training sides padded and varlen only
 
 HH pairs from ../shared/data are tokenised with the MiniLM tokenizer (truncated to --max-length) and fed to a decoder
-reward model built from a config (random weights: speed does not depend on them). Sides, each timed over the same
-batches after one untimed warm-up batch, in alternating order over --reps repetitions:
+reward model built from a config (random weights: speed does not depend on them), or with --encoder to MiniLM-L6
+(its weights, a new head). Sides, each timed over the same batches after one untimed warm-up batch, in alternating
+order over --reps repetitions:
 
 training (forward + backward of the Bradley-Terry loss, no optimizer), micro-batches of --micro-batch pairs cut from
 length-sorted buffers of --buffer micro-batches, as `rayrm train` cuts them:
   padded   rayrm's default: padded micro-batches run as up to `forward_chunks` (4) forwards of similar-length rows
-  rows     train.packing=on on a CPU: packed rows no longer than the longest sequence, SDPA with transformers'
-           block-diagonal mask from the restarting position_ids
-  varlen   one packed row through rayrm's varlen attention (on a CPU: SDPA per sequence; on a GPU: flash varlen)
+  rows     packed rows no longer than the longest sequence, SDPA with transformers' block-diagonal mask from the
+           restarting position_ids (decoders only)
+  varlen   one packed row through rayrm's varlen attention (on a CPU: SDPA per sequence; on a GPU: flash varlen):
+           train.packing=auto on a CPU
 scoring (`RewardScorer.score_ids` of --score-rows rollouts in shuffled order): packing off (the CPU default, which
 cuts a batch before 5% padding) against packing on.
 
@@ -96,7 +99,8 @@ def train_side(model: torch.nn.Module, batches: list, side: str) -> tuple[float,
         if side == "padded":
             return chunked_rewards(model, *pad_batch(seqs, 0, "right"), 4)
         p = pack_sequences(seqs, 0, one_row=side == "varlen")
-        return packed_rewards(model, p["input_ids"], p["position_ids"], p["last"], p["cu_seq_lens"], p["max_length"])
+        return packed_rewards(model, p["input_ids"], p["position_ids"], p["last"], p["cu_seq_lens"], p["max_length"],
+                              p["seq_len"])
 
     first = None
     for i, seqs in enumerate(batches):
@@ -113,6 +117,7 @@ def train_side(model: torch.nn.Module, batches: list, side: str) -> tuple[float,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="decoder config dir (default: a MiniLM-sized Qwen3)")
+    p.add_argument("--encoder", action="store_true", help="MiniLM-L6 (BERT) instead of a decoder; no scoring sides")
     p.add_argument("--pairs", type=int, default=640)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--micro-batch", type=int, default=8, help="pairs per micro-batch")
@@ -125,20 +130,39 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from rayrm.infer import RewardScorer
-    from rayrm.model import export_base_model, use_varlen_attention
+    from rayrm.model import disable_dropout, export_base_model, load_reward_model, load_tokenizer, use_varlen_attention
 
     pairs = hh_sequences(args.pairs, args.max_length)
     batches = micro_batches(pairs, args.micro_batch, args.buffer, 0)[: args.train_batches + 1]
     real = sum(len(s) for b in batches[1:] for s in b)
-    model, varlen_model = decoder(args.config), decoder(args.config)
+    if args.encoder:
+        tok = load_tokenizer(TOKENIZER)
+        model, varlen_model = (load_reward_model(TOKENIZER, tok, seed=0) for _ in range(2))
+    else:
+        model, varlen_model = decoder(args.config), decoder(args.config)
     use_varlen_attention(varlen_model)
-    model.train(), varlen_model.train()
-    train: dict[str, list[float]] = {"padded": [], "rows": [], "varlen": []}
+    for m in (model, varlen_model):
+        disable_dropout(m)  # as rayrm trains (train.disable_dropout), and so the layouts give the same rewards
+        m.train()
+    train: dict[str, list[float]] = {"padded": [], "varlen": []} if args.encoder else {"padded": [], "rows": [], "varlen": []}
     first: dict[str, torch.Tensor] = {}
     for rep in range(args.reps):
         for side in (list(train) if rep % 2 == 0 else list(reversed(train))):
             s, first[side] = train_side(varlen_model if side == "varlen" else model, batches, side)
             train[side].append(s)
+
+    def stat(xs: list[float]) -> str:
+        return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs) if len(xs) > 1 else 0:.2f} s"
+
+    diff_train = max(float((first[k] - first["padded"]).abs().max()) for k in train if k != "padded")
+    base = statistics.mean(train["padded"])
+    if args.encoder:
+        print(json.dumps({"model": "MiniLM-L6 (BERT)", "threads": args.threads, "train_batches": args.train_batches,
+                          "train_real_tokens": real, "micro_batch_pairs": args.micro_batch,
+                          "train_s": {k: stat(v) for k, v in train.items()}, "max_reward_diff_train": diff_train},
+                         indent=2))
+        print(f"RESULT training varlen packing: {base / statistics.mean(train['varlen']):.2f}x padded (>1 = faster)")
+        return
 
     work = tempfile.mkdtemp(prefix="rayrm-packing-bench-")
     cfg_dir = args.config
@@ -159,10 +183,6 @@ def main() -> None:
             scores[k] = scorers[k].score_ids(seqs)
             score[k].append(time.perf_counter() - t)
 
-    def stat(xs: list[float]) -> str:
-        return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs) if len(xs) > 1 else 0:.2f} s"
-
-    diff_train = max(float((first[k] - first["padded"]).abs().max()) for k in ("rows", "varlen"))
     print(json.dumps({
         "model": args.config or "qwen3 384x6", "threads": args.threads, "train_batches": args.train_batches,
         "train_real_tokens": real, "micro_batch_pairs": args.micro_batch,
@@ -171,7 +191,6 @@ def main() -> None:
         "max_reward_diff_train": diff_train,
         "max_reward_diff_score": float(np.abs(scores["on"] - scores["off"]).max()),
     }, indent=2))
-    base = statistics.mean(train["padded"])
     for k in ("rows", "varlen"):
         print(f"RESULT training {k} packing: {base / statistics.mean(train[k]):.2f}x padded (>1 = faster)")
     print(f"RESULT scoring packing on: {statistics.mean(score['off']) / statistics.mean(score['on']):.2f}x off")

@@ -152,8 +152,8 @@ class TrainLoopConfig(Section):
     forward_chunks: int = F(4, "a micro-batch runs as up to this many forwards of similar-length rows (less padding, "
                                "same rewards); ZeRO-3 always uses 1", ge=1)
     packing: Switch = F(
-        "auto", "decoders: several sequences per row, attention kept inside each (no padding); auto is off "
-                "(rayrm.hardware.packing_layout)")
+        "auto", "reward models (decoders, BERT encoders): a micro-batch's sequences in one row, attention kept inside "
+                "each (no padding); auto is on on a CPU, off on a GPU (rayrm.train.engine.packing)")
     length_group_batches: int = F(4, "micro-batches per length-sorting buffer: larger pads less, but bunches the long "
                                      "pairs into the same steps", ge=1)
     activation_checkpointing: bool = F(False, "recompute each layer's activations in the backward instead of keeping "

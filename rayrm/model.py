@@ -210,11 +210,13 @@ def varlen_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention function for packed rows: causal attention inside each segment of `cu_seq_lens_q`.
+    """transformers attention function for packed rows: attention inside each segment of `cu_seq_lens_q`, causal for
+    decoders and bidirectional for encoders (the attention module's `is_causal`).
 
     query (1, h, T, d), key/value (1, h_kv, T, d) -> (1, T, h, d). On CUDA in bf16/fp16 it is torch's flash varlen
     kernel (`torch.nn.attention.varlen.varlen_attn`): no padding and no (T, T) mask; elsewhere the same segments
-    through SDPA one by one. A call without `cu_seq_lens_q` (an unpacked batch) is plain SDPA.
+    through SDPA one by one (split, so the backward is one concatenation rather than a zero-filled copy of the whole
+    row per segment). A call without `cu_seq_lens_q` (an unpacked batch) is plain SDPA.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -225,6 +227,7 @@ def varlen_attention(
     if query.shape[0] != 1:
         raise ValueError(f"varlen attention takes one packed row, got {query.shape[0]}")
     gqa = key.shape[1] != query.shape[1]
+    causal = bool(getattr(module, "is_causal", True))
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
         if dropout > 0:
             raise ValueError("varlen attention has no attention dropout: keep train.disable_dropout on with packing")
@@ -232,21 +235,20 @@ def varlen_attention(
 
         q, k, v = (x[0].transpose(0, 1).contiguous() for x in (query, key, value))  # (T, h, d)
         m = int(kwargs["max_length_q"])
-        out = varlen_attn(q, k, v, cu, cu, m, m, scale=scaling, window_size=(-1, 0), enable_gqa=gqa)
+        out = varlen_attn(q, k, v, cu, cu, m, m, scale=scaling, window_size=(-1, 0) if causal else (-1, -1),
+                          enable_gqa=gqa)
         return out.unsqueeze(0), None
-    bounds = cu.tolist()
+    lens = (cu[1:] - cu[:-1]).tolist()
     parts = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:z], key[:, :, a:z], value[:, :, a:z], dropout_p=dropout, is_causal=True, scale=scaling,
-            enable_gqa=gqa,
-        )
-        for a, z in zip(bounds[:-1], bounds[1:])
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal, scale=scaling,
+                                                         enable_gqa=gqa)
+        for q, k, v in zip(query.split(lens, 2), key.split(lens, 2), value.split(lens, 2))
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
 def use_varlen_attention(model: PreTrainedModel) -> None:
-    """Switch a decoder to `varlen_attention` (registered with transformers once); unpacked batches still run SDPA."""
+    """Switch a model to `varlen_attention` (registered with transformers once); unpacked batches still run SDPA."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
@@ -260,6 +262,15 @@ def use_varlen_attention(model: PreTrainedModel) -> None:
     model.set_attn_implementation(VARLEN)
 
 
+PACKABLE_ENCODERS = ("bert",)  # encoder families whose packed forward is tested equal to the padded one
+
+
+def can_pack(model: PreTrainedModel) -> bool:
+    """Decoders, and encoders of `PACKABLE_ENCODERS` (BERT: a pooler over each sequence's first token, then the
+    classifier); other encoders read their head in ways `packed_rewards` does not reproduce."""
+    return is_decoder(model) or (model.config.model_type in PACKABLE_ENCODERS and hasattr(model, "classifier"))
+
+
 def packed_rewards(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -267,13 +278,20 @@ def packed_rewards(
     last: torch.Tensor,
     cu_seq_lens: torch.Tensor | None = None,
     max_length: torch.Tensor | None = None,
+    seq_len: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scalar rewards (n,) of n sequences packed into rows (r, L) by `rayrm.batching.pack_sequences`.
 
-    Decoders only. No attention mask: transformers confines attention to each sequence from the restarting
+    Decoders: no attention mask; transformers confines attention to each sequence from the restarting
     `position_ids` (SDPA gets a block-diagonal causal mask), or, with `use_varlen_attention`, the segments of
     `cu_seq_lens` go to the varlen kernel. Each reward is the score head at its sequence's last token (`last`).
+    Encoders (`can_pack`): one row through `use_varlen_attention` only (bidirectional attention has no mask from
+    positions); each reward is the pooler and classifier at its sequence's first token (`last - seq_len + 1`).
     """
+    decoder = is_decoder(model)
+    if not decoder and not can_pack(model):
+        raise ValueError(f"packed forwards support decoders and {', '.join(PACKABLE_ENCODERS)} encoders, not "
+                         f"{type(model).__name__}")
     backbone = getattr(model, model.base_model_prefix)
     kw: dict[str, Any] = {}
     if model.config._attn_implementation == VARLEN:
@@ -283,8 +301,17 @@ def packed_rewards(
             input_ids, position_ids = input_ids.reshape(1, -1), position_ids.reshape(1, -1)
         m = int(max_length) if max_length is not None else int(input_ids.shape[1])
         kw = {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": m, "max_length_k": m}
-    hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).last_hidden_state
-    return model.score(hidden.reshape(-1, hidden.shape[-1])[last])[:, 0]
+    elif not decoder:
+        raise ValueError("a packed encoder forward needs use_varlen_attention (one packed row)")
+    if decoder:
+        hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kw).last_hidden_state
+        return model.score(hidden.reshape(-1, hidden.shape[-1])[last])[:, 0]
+    if seq_len is None:
+        raise ValueError("a packed encoder forward needs seq_len (from rayrm.batching.pack_sequences)")
+    hidden = backbone(input_ids=input_ids, position_ids=position_ids, **kw).last_hidden_state
+    first = hidden.reshape(-1, hidden.shape[-1])[last - seq_len.to(last.device) + 1]  # (n, h): each [CLS]
+    pooled = backbone.pooler(first.unsqueeze(1)) if backbone.pooler is not None else first
+    return model.classifier(model.dropout(pooled))[:, 0]
 
 
 def chunked_rewards(

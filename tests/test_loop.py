@@ -90,11 +90,14 @@ def test_same_loss_curve_through_ray_train_with_one_worker(ray_cluster, tmp_path
     np.testing.assert_allclose([ray_curve[s] for s in range(1, STEPS + 1)], plain[:STEPS], rtol=0, atol=1e-4)
 
 
-def test_packed_training_gives_the_padded_loss_curve(tmp_path, hh_small):
-    # train.packing=on (packed rows, transformers' packed-sequence mask) against padded micro-batches: same seed, the
-    # same loss at every step. One step's gradients agree to 1e-5 (tests/test_packing.py); over 21 AdamW steps at
-    # lr 1e-3 their rounding differences grow to a few 1e-5 in the loss.
+@pytest.mark.parametrize("model", ["decoder", "bert"])
+def test_packed_training_gives_the_padded_loss_curve(tmp_path, hh_small, model):
+    # train.packing=on (one packed row per micro-batch, attention per sequence) against padded micro-batches: same
+    # seed, the same loss at every step. One step's gradients agree to 1e-5 (tests/test_packing.py); over 21 AdamW
+    # steps at lr 1e-3 their rounding differences grow to a few 1e-5 in the loss.
     cfg = _cfg(tmp_path, hh_small)
+    if model == "bert":
+        cfg = cfg.model_copy(update={"model": MINILM})
     padded, _, _, _ = _plain_curve(cfg.model_copy(update={"train": cfg.train.model_copy(update={"packing": "off"})}))
     packed, _, _, _ = _plain_curve(cfg.model_copy(update={"train": cfg.train.model_copy(update={"packing": "on"})}))
     assert len(packed) == len(padded) >= STEPS
@@ -102,13 +105,13 @@ def test_packed_training_gives_the_padded_loss_curve(tmp_path, hh_small):
     assert packed[-1] != packed[0]
 
 
-def test_packing_on_an_encoder_is_a_config_error(tmp_path, hh_small):
+def test_packing_on_a_token_task_is_a_config_error(tmp_path, hh_small):
     from rayrm.config import ConfigError
     from rayrm.train.engine import setup_engine
 
-    cfg = load_config(None, [f"output_dir={tmp_path}", f"model={MINILM}", f"data.path={hh_small}",
+    cfg = load_config(None, [f"output_dir={tmp_path}", f"model={MINILM}", f"data.path={hh_small}", "task=orm",
                              "train.packing=on"], TrainConfig)
-    with pytest.raises(ConfigError, match="train.packing=on needs a decoder model"):
+    with pytest.raises(ConfigError, match="train.packing=on is for scalar reward models"):
         setup_engine(cfg, 10)
 
 

@@ -47,13 +47,14 @@ class RewardModule(torch.nn.Module):
         last: torch.Tensor | None = None,
         cu_seq_lens: torch.Tensor | None = None,
         max_length: torch.Tensor | None = None,
+        seq_len: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """A padded batch (input_ids, attention_mask) or packed rows (`rayrm.batching.pack_sequences`) -> (n,)."""
         from rayrm.model import chunked_rewards, packed_rewards
 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
             if attention_mask is None:
-                r = packed_rewards(self.model, input_ids, position_ids, last, cu_seq_lens, max_length)
+                r = packed_rewards(self.model, input_ids, position_ids, last, cu_seq_lens, max_length, seq_len)
             else:
                 r = chunked_rewards(self.model, input_ids, attention_mask, self.max_chunks)
         return r.float()
@@ -64,11 +65,30 @@ def on_gpu(cfg: TrainConfig) -> bool:
     return cfg.scaling.use_gpu and torch.cuda.is_available()
 
 
-def packing(cfg: TrainConfig) -> str:
-    """train.packing resolved for this worker's device: "off", "rows" or "row" (rayrm.hardware.packing_layout)."""
-    from rayrm.hardware import packing_layout
+def packing(cfg: TrainConfig, model: Any) -> str:
+    """train.packing resolved for this worker's model and device: "off", "rows" or "row" (`rayrm.batching.
+    pack_sequences`). `auto` is "row" on a CPU for models `rayrm.model.can_pack` packs: one packed row, attention per
+    sequence, measured faster there than length-grouped padded forwards (bench/packing_bench.py); off on a GPU, where
+    it has not been measured. `on` is "row" everywhere (on a GPU in bf16 the flash varlen kernel). Scalar reward
+    models only; a ConfigError for `on` with a model or task it cannot pack."""
+    from rayrm.config import ConfigError
+    from rayrm.model import can_pack
 
-    return packing_layout(cfg.train.packing, "cuda" if on_gpu(cfg) else "cpu")
+    mode = cfg.train.packing
+    if mode == "off":
+        return "off"
+    if cfg.task != "reward":
+        if mode == "on":
+            raise ConfigError(f"train.packing=on is for scalar reward models; task {cfg.task} trains a token "
+                              "classifier: set train.packing=off")
+        return "off"
+    if not can_pack(model):
+        if mode == "on":
+            raise ConfigError(f"train.packing=on packs decoders and BERT encoders; {cfg.model} is "
+                              f"{type(model).__name__}: set train.packing=off")
+        return "off"
+    return "off" if mode == "auto" and on_gpu(cfg) else "row"
+
 
 
 def resolved_precision(cfg: TrainConfig) -> str:
@@ -130,19 +150,14 @@ def setup_engine(cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
         module: torch.nn.Module = RewardModule(model, chunks, cpu_autocast)
         if not is_decoder(model):
             tok.padding_side = "right"  # encoder poolers read position 0
-            if cfg.train.packing == "on":
-                raise ConfigError(f"train.packing=on needs a decoder model; {cfg.model} is an encoder "
-                                  f"({type(model).__name__}): set train.packing=off")
-        elif packing(cfg) == "row":
-            use_varlen_attention(model)
     else:  # token-level heads: right padding, so causal decoders need no position fix-up
-        if cfg.train.packing == "on":
-            raise ConfigError(f"train.packing=on is for scalar reward models; task {cfg.task} trains a token "
-                              "classifier: set train.packing=off")
         model = load_token_model(cfg.model, tok, 1 if cfg.task == "orm" else 3, cfg.trust_remote_code,
                                  seed=cfg.train.seed)
         module = TokenModule(model, cpu_autocast)
         tok.padding_side = "right"
+    module.pack = packing(cfg, model)  # the micro-batches' layout (`micro_batches`, `eval_batches`)
+    if module.pack == "row":
+        use_varlen_attention(model)
     if cfg.train.disable_dropout:
         disable_dropout(model)
     module.lora_info = None  # what rayrm.json records of LoRA (rayrm.lora.apply_lora), when r > 0
@@ -184,7 +199,7 @@ def device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
-PACKED_INPUTS = ("input_ids", "position_ids", "last", "cu_seq_lens", "max_length")
+PACKED_INPUTS = ("input_ids", "position_ids", "last", "cu_seq_lens", "max_length", "seq_len")
 
 
 def group_scores(engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -229,22 +244,24 @@ def collate(task: str, b: dict[str, Any], tok: Any, pack: str = "off") -> dict[s
 
 
 def micro_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any, epoch: int,
-                  device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+                  device: torch.device, pack: str = "off") -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """Buffers of `train.length_group_batches` micro-batches of tokenised rows -> (batch on device, row weights (g,)),
-    length-grouped inside each buffer and in a seeded order per epoch."""
+    length-grouped inside each buffer and in a seeded order per epoch; `pack`: the engine module's layout
+    (`packing`)."""
     from rayrm.batching import length_grouped
 
-    tr, pack = cfg.train, packing(cfg)
+    tr = cfg.train
     for b in length_grouped(iter(buffers), tr.micro_batch_size, tr.seed + epoch, tr.group_by_length):
         weight = torch.tensor(b["weight"], dtype=torch.float32, device=device)
         yield device_batch(collate(cfg.task, b, tok, pack), device), weight
 
 
-def eval_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any) -> list[dict[str, torch.Tensor]]:
+def eval_batches(buffers: Iterable[dict[str, Any]], cfg: TrainConfig, tok: Any,
+                 pack: str = "off") -> list[dict[str, torch.Tensor]]:
     """A rank's held-out rows as length-grouped batches of `train.eval_batch_size`, in memory (re-used each eval)."""
     from rayrm.batching import length_grouped
 
-    out, pack = [], packing(cfg)
+    out = []
     for b in length_grouped(iter(buffers), cfg.train.eval_batch_size, 0):
         batch = collate(cfg.task, b, tok, pack)
         batch["weight"] = torch.tensor(b["weight"], dtype=torch.float32)

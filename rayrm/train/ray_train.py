@@ -121,13 +121,13 @@ def train_func(run: dict[str, Any]) -> None:
         say(f"resumed from checkpoint at step {state['step']} (epoch {state['epoch']}, restart {state['restarts']})")
     state = state or new_state()
     held_out = eval_batches(ray.train.get_dataset_shard("eval").iter_batches(
-        batch_size=tr.eval_batch_size * 64, batch_format="numpy"), cfg, tok)
+        batch_size=tr.eval_batch_size * 64, batch_format="numpy"), cfg, tok, engine.module.pack)
     shard = ray.train.get_dataset_shard("train")
 
     def batches_of_epoch(epoch: int) -> Any:
         buffers = shard.iter_batches(batch_size=tr.micro_batch_size * tr.length_group_batches, batch_format="numpy",
                                      prefetch_batches=1)
-        return micro_batches(buffers, cfg, tok, epoch, device)
+        return micro_batches(buffers, cfg, tok, epoch, device, engine.module.pack)
 
     # 2. after each optimizer step: progress line, evaluation, checkpoint
     sink = MetricSink(cfg, rank)
