@@ -70,10 +70,11 @@ def training_precision(precision: str, device_type: str, flags: Iterable[str] | 
 
 
 def packing_layout(packing: str, device_type: str) -> str:
-    """`packing: auto|on|off` -> how a decoder's sequences are laid out: "off" (padded rows), "rows" (packed rows
-    no longer than the longest sequence; SDPA with transformers' block-diagonal mask: CPUs) or "row" (one packed row
-    through the flash varlen kernel: GPUs). `auto` is off: on a CPU, length-grouped padded forwards measured faster
-    than packed rows (docs/benchmarks.md), and on a GPU packing has not been measured yet."""
+    """Scoring and serving: `packing: auto|on|off` -> how a decoder's sequences are laid out: "off" (padded rows),
+    "rows" (packed rows no longer than the longest sequence; SDPA with transformers' block-diagonal mask: CPUs) or
+    "row" (one packed row through the flash varlen kernel: GPUs). `auto` is off: on a CPU, token-budget batches cut
+    before 5% padding measured faster than packed rows (docs/benchmarks.md), and on a GPU packing has not been
+    measured yet. Training resolves its own layout (`rayrm.train.engine.packing`)."""
     if packing == "off" or packing == "auto":
         return "off"
     return "row" if device_type == "cuda" else "rows"

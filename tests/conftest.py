@@ -73,3 +73,21 @@ def rollouts(hh_rows) -> list[dict]:
         for k in ("chosen", "rejected"):
             out.append({"prompt": r["prompt"][-300:], "completion": r[k], "prompt_id": i, "kind": k})
     return out
+
+
+def assert_same_tokenised_rows(cfg, monkeypatch) -> None:
+    """Tokenising on the driver (small data) and in a Ray Data actor (large data) give the same rows and facts."""
+    import numpy as np
+
+    from rayrm.train import driver
+
+    here, facts = driver.prepare_datasets(cfg)
+    monkeypatch.setattr(driver, "DRIVER_TOKENIZE_ROWS", 0)
+    actor, facts_actor = driver.prepare_datasets(cfg)
+    assert facts == facts_actor
+    for split in ("train", "eval"):
+        a, b = here[split].take_all(), actor[split].take_all()
+        assert len(a) == len(b) > 0 and a[0].keys() == b[0].keys()
+        for x, y in zip(a, b):
+            for k in x:
+                assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), (split, k)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MINILM, ROOT, TINY_QWEN3
+from conftest import MINILM, ROOT, TINY_QWEN3, assert_same_tokenised_rows
 from rayrm.config import TrainConfig, load_config
 from rayrm.data import BadRowError, special_layout
 from rayrm.losses import IGNORE, step_ce_loss, token_bce_loss
@@ -104,8 +104,6 @@ def gsm8k_small(tmp_path_factory) -> str:
 
 @pytest.mark.integration
 def test_driver_and_actor_tokenisation_agree_on_prm_rows(ray_cluster, tmp_path, gsm8k_small, monkeypatch):
-    from test_train import assert_same_tokenised_rows
-
     cfg = load_config(None, ["task=prm", f"output_dir={tmp_path}", f"model={TINY_QWEN3}", f"tokenizer={MINILM}",
                              f"data.path={gsm8k_small}/prm.jsonl", "data.max_length=64", "scaling.num_workers=2"],
                       TrainConfig)

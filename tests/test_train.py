@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import MINILM, TINY_QWEN3
+from conftest import MINILM, TINY_QWEN3, assert_same_tokenised_rows
 from faults import ExitAfterCheckpoint
 from rayrm.config import TrainConfig, load_config
 from rayrm.batching import pad_batch
@@ -144,24 +144,6 @@ def hh_ranked(tmp_path_factory, hh_rows) -> str:
             ranking = [2, *range(3, k + 1), 1]
             f.write(json.dumps({"prompt": r["prompt"][-300:], "completions": comps, "ranking": ranking}) + "\n")
     return str(path)
-
-
-def assert_same_tokenised_rows(cfg, monkeypatch) -> None:
-    """Tokenising on the driver (small data) and in a Ray Data actor (large data) give the same rows and facts."""
-    import numpy as np
-
-    from rayrm.train import driver
-
-    here, facts = driver.prepare_datasets(cfg)
-    monkeypatch.setattr(driver, "DRIVER_TOKENIZE_ROWS", 0)
-    actor, facts_actor = driver.prepare_datasets(cfg)
-    assert facts == facts_actor
-    for split in ("train", "eval"):
-        a, b = here[split].take_all(), actor[split].take_all()
-        assert len(a) == len(b) > 0 and a[0].keys() == b[0].keys()
-        for x, y in zip(a, b):
-            for k in x:
-                assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), (split, k)
 
 
 def test_driver_and_actor_tokenisation_agree(ray_cluster, tmp_path, hh_ranked, monkeypatch):
