@@ -66,7 +66,7 @@ def on_gpu(cfg: TrainConfig) -> bool:
 
 
 def packing(cfg: TrainConfig, model: Any) -> str:
-    """train.packing resolved for this worker's model and device: "off", "rows" or "row" (`rayrm.batching.
+    """train.packing resolved for this worker's model and device: "off" or "row" (`rayrm.batching.
     pack_sequences`). `auto` is "row" on a CPU for models `rayrm.model.can_pack` packs: one packed row, attention per
     sequence, measured faster there than length-grouped padded forwards (bench/packing_bench.py); off on a GPU, where
     it has not been measured. `on` is "row" everywhere (on a GPU in bf16 the flash varlen kernel). Scalar reward
