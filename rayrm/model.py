@@ -289,7 +289,7 @@ def packed_rewards(
     positions); each reward is the pooler and classifier at its sequence's first token (`last - seq_len + 1`).
     """
     decoder = is_decoder(model)
-    if not decoder and not can_pack(model):
+    if not can_pack(model):
         raise ValueError(f"packed forwards support decoders and {', '.join(PACKABLE_ENCODERS)} encoders, not "
                          f"{type(model).__name__}")
     backbone = getattr(model, model.base_model_prefix)

@@ -90,7 +90,6 @@ def packing(cfg: TrainConfig, model: Any) -> str:
     return "off" if mode == "auto" and on_gpu(cfg) else "row"
 
 
-
 def resolved_precision(cfg: TrainConfig) -> str:
     """deepspeed.precision with `auto` resolved for this worker's device (rayrm.hardware.training_precision)."""
     from rayrm.hardware import training_precision

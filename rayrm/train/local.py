@@ -64,8 +64,9 @@ def train_local(cfg: TrainConfig, probe: Callable[[Any, Any, list], float] | Non
         before = probe(engine, tok, buffers) if probe else None
         curve: list[float] = []
         state = new_state()
-        stats = train_epochs(engine, lambda epoch: micro_batches(buffers, cfg, tok, epoch, engine.device, engine.module.pack), loss,
-                             state, cfg.train.epochs, after_step=lambda step, st: curve.append(st.losses[-1]))
+        stats = train_epochs(engine,
+                             lambda epoch: micro_batches(buffers, cfg, tok, epoch, engine.device, engine.module.pack),
+                             loss, state, cfg.train.epochs, after_step=lambda step, st: curve.append(st.losses[-1]))
         after = probe(engine, tok, buffers) if probe else None
     finally:
         torch.distributed.destroy_process_group()
