@@ -81,8 +81,8 @@ class DataConfig(Section):
 
 class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = F(2, "ZeRO 0 (plain DDP) .. 3 (params, grads and optimizer states sharded)")
-    precision: Dtype = F("auto", "auto: bf16 on bf16 GPUs (DeepSpeed bf16) and AMX CPUs (bf16 autocast, fp32 weights), "
-                                 "fp32 elsewhere; the loss stays fp32")
+    precision: Dtype = F("auto", "auto: bf16 on bf16 GPUs (DeepSpeed bf16), fp32 on CPUs (bf16 autocast trains slower, "
+                                 "even with AMX); bf16 on a CPU: autocast, fp32 weights; the loss stays fp32")
     offload_optimizer: bool = F(False, "ZeRO-2/3: keep optimizer states (and the step) in CPU memory")
     offload_param: bool = F(False, "ZeRO-3: keep the parameters in CPU memory, fetched layer by layer")
     gradient_clipping: float = F(1.0, "max global grad norm", gt=0)

@@ -3,7 +3,7 @@
 bf16 pays off where the hardware computes in it: NVIDIA GPUs with bf16 (Ampere and later) and CPUs with AMX
 (`amx_bf16` in /proc/cpuinfo's flags), where bf16 matmuls run several times faster than fp32. On CPUs without AMX
 (AVX2, or AVX-512 with only avx512_bf16 dot products) torch's bf16 matmuls are slower than fp32, so `auto` is fp32
-there. The choice is made where the work runs (each scoring actor, replica or training worker reads its own node).
+there. Training on a CPU stays fp32 (`training_precision`). The choice is made where the work runs (each scoring actor, replica or training worker reads its own node).
 """
 
 from __future__ import annotations
@@ -57,16 +57,17 @@ def inference_dtype(dtype: str, device_type: str, flags: Iterable[str] | None = 
 
 
 def training_precision(precision: str, device_type: str, flags: Iterable[str] | None = None) -> str:
-    """Training: `auto` -> bf16 on a bf16 GPU (DeepSpeed's bf16 mode) and on an AMX CPU (fp32 weights, forward under
-    bf16 autocast: DeepSpeed's bf16 mode gains nothing on a CPU, autocast's matmuls run on the tile unit), fp32
-    elsewhere. The loss and the reward read-out stay fp32 either way."""
+    """Training: `auto` -> bf16 on a bf16 GPU (DeepSpeed's bf16 mode), fp32 on every CPU. On an AMX CPU, bf16
+    autocast (fp32 weights) runs the forward faster but the backward about twice as slow as fp32, so a training step
+    takes longer (docs/benchmarks.md); `precision: bf16` still trains that way. The loss and the reward read-out stay
+    fp32 either way. `flags` is accepted for symmetry with `inference_dtype`."""
     if precision != "auto":
         return precision
     if (pinned := _pinned()) is not None:
         return pinned
     if device_type == "cuda":
         return "bf16" if cuda_bf16() else "fp32"
-    return "bf16" if has_amx_bf16(flags) else "fp32"
+    return "fp32"
 
 
 def packing_layout(packing: str, device_type: str) -> str:

@@ -179,7 +179,7 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
             if cfg.scaling.worker_env else None,
         ),
     )
-    precision = cfg.deepspeed.precision + (" (bf16 on bf16 GPUs and AMX CPUs, else fp32)" if cfg.deepspeed.precision == "auto" else "")
+    precision = cfg.deepspeed.precision + (" (bf16 on bf16 GPUs, else fp32)" if cfg.deepspeed.precision == "auto" else "")
     from rayrm.train.engine import zero_stage
 
     stage = zero_stage(cfg)
