@@ -8,7 +8,8 @@ sets it up, same model, rows, token ids and hyper-parameters, several seeds, in 
 Sides (one process each: TRL in this process, rayrm as a 1-worker Ray Train job on a local cluster started once):
 - `trl-defaults`: `RewardConfig` with only what the comparison fixes (batch, lr, epochs, max_length, schedule,
   warmup, seed); TRL 1.16's own defaults stay: `gradient_checkpointing=True`, `bf16=True` (autocast), dropout off.
-- `trl-best`: `gradient_checkpointing=False`; bf16 autocast only where the CPU computes in it (AMX), else fp32.
+- `trl-best`: `gradient_checkpointing=False`; bf16 autocast only where the CPU computes in it (AMX), else fp32
+  (`--trl-best-bf16 on|off` fixes it: measure both on a new machine and publish the faster).
 - `rayrm`: the shipped training defaults (`deepspeed.precision: auto`, ZeRO-2, length grouping), one worker.
 Same rows: the first --pairs pairs of the job's seeded 90% train split whose chosen and rejected both fit
 max_length (TRL drops longer pairs); TRL gets rayrm's token ids as pre-tokenised `chosen_ids`/`rejected_ids`.
@@ -106,7 +107,8 @@ def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict
                  warmup_steps=warmup_steps(len(train), args.batch_size), weight_decay=0.0, save_strategy="no",
                  eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed)
     if side == "trl-best":
-        fixed |= {"gradient_checkpointing": False, "bf16": has_amx_bf16()}
+        bf16 = {"auto": has_amx_bf16(), "on": True, "off": False}[args.trl_best_bf16]
+        fixed |= {"gradient_checkpointing": False, "bf16": bf16}
     cfg = RewardConfig(**fixed)
     span = StepSpan()
     to_ds = lambda part: datasets.Dataset.from_dict(part)  # noqa: E731
@@ -155,6 +157,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--trl-best-bf16", choices=["auto", "on", "off"], default="auto",
+                   help="TRL best's bf16 autocast (auto: on with AMX, else off; fp32 can be faster even with AMX)")
     p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
     p.add_argument("--rayrm-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra rayrm training override (repeatable), e.g. train.length_group_batches=8")
