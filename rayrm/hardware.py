@@ -3,7 +3,8 @@
 bf16 pays off where the hardware computes in it: NVIDIA GPUs with bf16 (Ampere and later) and CPUs with AMX
 (`amx_bf16` in /proc/cpuinfo's flags), where bf16 matmuls run several times faster than fp32. On CPUs without AMX
 (AVX2, or AVX-512 with only avx512_bf16 dot products) torch's bf16 matmuls are slower than fp32, so `auto` is fp32
-there. Training on a CPU stays fp32 (`training_precision`). The choice is made where the work runs (each scoring actor, replica or training worker reads its own node).
+there. Training on a CPU stays fp32 (`training_precision`). The choice is made where the work runs (each scoring
+actor, replica or training worker reads its own node).
 """
 
 from __future__ import annotations
