@@ -57,11 +57,11 @@ def inference_dtype(dtype: str, device_type: str, flags: Iterable[str] | None = 
     return "bf16" if has_amx_bf16(flags) else "fp32"
 
 
-def training_precision(precision: str, device_type: str, flags: Iterable[str] | None = None) -> str:
+def training_precision(precision: str, device_type: str) -> str:
     """Training: `auto` -> bf16 on a bf16 GPU (DeepSpeed's bf16 mode), fp32 on every CPU. On an AMX CPU, bf16
     autocast (fp32 weights) runs the forward faster but the backward about twice as slow as fp32, so a training step
     takes longer (docs/benchmarks.md); `precision: bf16` still trains that way. The loss and the reward read-out stay
-    fp32 either way. `flags` is accepted for symmetry with `inference_dtype`."""
+    fp32 either way."""
     if precision != "auto":
         return precision
     if (pinned := _pinned()) is not None:
