@@ -1,6 +1,7 @@
 """The training job on the driver: read and check the data, tokenise it (on the driver up to DRIVER_TOKENIZE_ROWS
-rows, else with a Ray Data actor), run the `TorchTrainer` whose workers run `rayrm.train.ray_train.train_func`, and
-copy the final checkpoint out as `<output_dir>/final`.
+rows, each worker's share then sent through Ray's object store; else with a Ray Data actor, the workers streaming
+their shards), run the `TorchTrainer` whose workers run `rayrm.train.ray_train.train_func`, and copy the final
+checkpoint out as `<output_dir>/final`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import os
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from rayrm.config import TrainConfig
 from rayrm.errors import UserError
 from rayrm.export import ExportMeta
 from rayrm.progress import say
 
 # Up to this many rows (train + held-out) are tokenised in the driver process, which has the tokenizer loaded already:
-# the work is the same, and a Ray Data actor adds about 5 s per split to start and import transformers. Larger data
-# goes through the actor, so the driver never holds the token ids of a large dataset.
+# the work is the same, and a Ray Data actor adds about 5 s per split to start and import transformers. Each worker's
+# rows then go to it as one object (`rank_shards`), with no Ray Data pipeline running beside the training loop.
+# Larger data goes through the actor and Ray Data's streaming split, so the driver never holds the token ids of a
+# large dataset.
 DRIVER_TOKENIZE_ROWS = 20_000
 
 
@@ -47,10 +52,30 @@ def _tokenize_here(fn: Any, rows: list[dict[str, Any]], batch_size: int = 256) -
     return out
 
 
+def rank_shards(rows: list[dict[str, Any]], world: int) -> list[dict[str, np.ndarray]]:
+    """Tokenised rows -> each rank's share, rows[rank::world] (equal shares: `_pad_to_multiple`), as columns laid out
+    as Ray Data's numpy batches are: an array-valued field becomes an object array of the arrays."""
+    shards = []
+    for rank in range(world):
+        part = rows[rank::world]
+        cols: dict[str, np.ndarray] = {}
+        for k in part[0]:
+            values = [r[k] for r in part]
+            if isinstance(values[0], np.ndarray):
+                cols[k] = np.empty(len(values), dtype=object)
+                for i, v in enumerate(values):
+                    cols[k][i] = v
+            else:
+                cols[k] = np.asarray(values)
+        shards.append(cols)
+    return shards
+
+
 def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read, validate, render and split the preference data; tokenise it (`DRIVER_TOKENIZE_ROWS`).
 
-    Returns ({"train": ds, "eval": ds}, facts) where facts has row counts, skipped and truncated rows.
+    Returns ({"train": x, "eval": x}, facts): x is the list of tokenised rows when the driver tokenised them, else a
+    materialised Ray Dataset; facts has row counts, skipped and truncated rows.
     """
     import ray.data
 
@@ -102,7 +127,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if local_fn is not None:
             out = _tokenize_here(local_fn, part)
             trunc[name] = sum(int(r["truncated"]) for r in out)
-            return ray.data.from_items(out)
+            return out
         ds = ray.data.from_items(part)
         ds.context.execution_options.preserve_order = True  # same rows in the same order: a seed gives one model
         ds = ds.map_batches(fn, fn_constructor_kwargs=kwargs, batch_size=256,
@@ -142,8 +167,11 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
         ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False  # rank-0 `[rayrm]` lines report progress
     output_dir = os.path.abspath(cfg.output_dir)
-    datasets, facts = prepare_datasets(cfg)
+    data, facts = prepare_datasets(cfg)
     world = cfg.scaling.num_workers
+    datasets, shards = data, None
+    if isinstance(data["train"], list):  # tokenised here: each worker's rows as one object in the object store
+        datasets, shards = None, {name: [ray.put(s) for s in rank_shards(rows, world)] for name, rows in data.items()}
     rows_per_worker = (facts["train_pairs"] + world - 1) // world
     micro_steps = math.ceil(rows_per_worker / cfg.train.micro_batch_size)
     # DeepSpeed counts micro-steps across epochs; a trailing partial accumulation is not stepped
@@ -160,7 +188,8 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
     from rayrm.train.ray_train import train_func
 
     board = Board.start()  # rank 0's progress lines, printed here once
-    run = {"cfg": worker_cfg, "total_steps": total_steps, "progress": board.handle, "on_checkpoint": on_checkpoint}
+    run = {"cfg": worker_cfg, "total_steps": total_steps, "progress": board.handle, "on_checkpoint": on_checkpoint,
+           "shards": shards}
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # each worker's shard in the same order on every run (reproducible training)
     trainer = TorchTrainer(

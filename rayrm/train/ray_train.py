@@ -90,7 +90,9 @@ def resume_state(engine: Any) -> dict[str, int] | None:
 
 def train_func(run: dict[str, Any]) -> None:
     """Per-worker entry point. `run`: {"cfg": TrainConfig (paths absolute), "total_steps", "progress": the driver's
-    board or None, "on_checkpoint": a hook run on every rank after each periodic checkpoint, or None}."""
+    board or None, "on_checkpoint": a hook run on every rank after each periodic checkpoint, or None, "shards":
+    {"train": [one object ref per rank], "eval": [...]} when the driver tokenised the data, else None (the rows come
+    from Ray Train's dataset shards)}."""
     import ray.train
 
     from rayrm.metrics import reward_stats, size_weighted_mean
@@ -120,14 +122,24 @@ def train_func(run: dict[str, Any]) -> None:
     if state is not None:
         say(f"resumed from checkpoint at step {state['step']} (epoch {state['epoch']}, restart {state['restarts']})")
     state = state or new_state()
-    held_out = eval_batches(ray.train.get_dataset_shard("eval").iter_batches(
-        batch_size=tr.eval_batch_size * 64, batch_format="numpy"), cfg, tok, engine.module.pack)
-    shard = ray.train.get_dataset_shard("train")
+    shards = run.get("shards")
+    columns = {name: ray.get(refs[rank]) for name, refs in shards.items()} if shards is not None else {}
+    streams: dict[str, Any] = {}
+
+    def buffers(name: str, size: int) -> Any:
+        """This rank's rows of `name` in batches of `size` rows (numpy columns), as Ray Data's iter_batches gives."""
+        if name in columns:
+            cols = columns[name]
+            return ({k: v[i: i + size] for k, v in cols.items()} for i in range(0, len(cols["weight"]), size))
+        if name not in streams:
+            streams[name] = ray.train.get_dataset_shard(name)
+        return streams[name].iter_batches(batch_size=size, batch_format="numpy", prefetch_batches=1)
+
+    held_out = eval_batches(buffers("eval", tr.eval_batch_size * 64), cfg, tok, engine.module.pack)
 
     def batches_of_epoch(epoch: int) -> Any:
-        buffers = shard.iter_batches(batch_size=tr.micro_batch_size * tr.length_group_batches, batch_format="numpy",
-                                     prefetch_batches=1)
-        return micro_batches(buffers, cfg, tok, epoch, device, engine.module.pack)
+        return micro_batches(buffers("train", tr.micro_batch_size * tr.length_group_batches), cfg, tok, epoch, device,
+                             engine.module.pack)
 
     # 2. after each optimizer step: progress line, evaluation, checkpoint
     sink = MetricSink(cfg, rank)
