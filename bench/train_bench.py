@@ -11,9 +11,9 @@ Sides (one process each: TRL in this process, rayrm as a 1-worker Ray Train job 
 - `trl-best`: `gradient_checkpointing=False`; bf16 autocast only where the CPU computes in it (AMX), else fp32
   (`--trl-best-bf16 on|off` fixes it: measure both on a new machine and publish the faster).
 - `trl-grouped`: TRL best plus the Trainer's `train_sampling_strategy="group_by_length"` (transformers'
-  `LengthGroupedSampler`: batches cut from length-sorted megabatches of min(50, pairs / (4 x batch)) batches; lengths from a
-  `length` column, the longer of chosen and rejected, kept by `remove_unused_columns=False`). The targets are set
-  against TRL best; the ratio to this side is printed beside them.
+  `LengthGroupedSampler`: batches cut from length-sorted megabatches of min(50, pairs / (4 x batch)) batches;
+  lengths from a `length` column, the longer of chosen and rejected, kept by `remove_unused_columns=False`). The
+  targets are set against TRL best; the ratio to this side is printed beside them.
 - `rayrm`: the shipped training defaults (`deepspeed.precision: auto`, ZeRO-2, length grouping), one worker.
 Same rows: the first --pairs pairs of the job's seeded 90% train split whose chosen and rejected both fit
 max_length (TRL drops longer pairs); TRL gets rayrm's token ids as pre-tokenised `chosen_ids`/`rejected_ids`.
