@@ -63,6 +63,29 @@ def padding_chunks(lengths: Any, max_chunks: int, per_chunk_cost: float = 0.03) 
     return [order[a:b] for a, b in reversed(bounds)]
 
 
+def to_columns(parts: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Batch-function outputs (dicts of equal-length sequences) -> one dict of numpy columns, one cell per row: a
+    column whose cells are arrays is a 1-D object array of them, even when they are equal-shaped (Ray Data then gives
+    a 2-D array; batch consumers read either row by row)."""
+    cols: dict[str, np.ndarray] = {}
+    for k in parts[0]:
+        values = [v for part in parts for v in part[k]]
+        if isinstance(values[0], np.ndarray):
+            cols[k] = np.empty(len(values), dtype=object)
+            for i, v in enumerate(values):  # element-wise: equal-shaped arrays would otherwise broadcast into 2-D
+                cols[k][i] = v
+        else:
+            cols[k] = np.asarray(values)
+    return cols
+
+
+def column_batches(cols: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Columns cut into consecutive batches of `size` rows (the last may be shorter), as Ray Data's `iter_batches`
+    gives them."""
+    n = len(next(iter(cols.values())))
+    return ({k: v[i: i + size] for k, v in cols.items()} for i in range(0, n, size))
+
+
 def length_grouped(
     batches: Iterator[dict[str, np.ndarray]], micro_batch_size: int, seed: int, group: bool = True
 ) -> Iterator[dict[str, np.ndarray]]:

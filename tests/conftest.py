@@ -87,15 +87,16 @@ def assert_same_tokenised_rows(cfg, monkeypatch) -> None:
     assert facts == facts_actor
     world = cfg.scaling.num_workers
     for split in ("train", "eval"):
-        a, b = here[split], actor[split].take_all()
+        cols, b = here[split], actor[split].take_all()
+        a = [{k: v[i] for k, v in cols.items()} for i in range(len(cols["weight"]))]
         assert len(a) == len(b) > 0 and a[0].keys() == b[0].keys()
         for x, y in zip(a, b):
             for k in x:
                 assert np.array_equal(np.asarray(x[k]), np.asarray(y[k])), (split, k)
         # the driver path's per-rank objects: every row once, rank r holding rows r, r + world, ...
-        shards = driver.rank_shards(a, world)
+        shards = driver.rank_shards(cols, world)
         assert [len(s["weight"]) for s in shards] == [len(a) // world] * world
-        for rank, cols in enumerate(shards):
+        for rank, part in enumerate(shards):
             for i, row in enumerate(a[rank::world]):
                 for k in row:
-                    assert np.array_equal(np.asarray(cols[k][i]), np.asarray(row[k])), (split, rank, i, k)
+                    assert np.array_equal(np.asarray(part[k][i]), np.asarray(row[k])), (split, rank, i, k)

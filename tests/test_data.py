@@ -168,6 +168,22 @@ def test_length_grouping_keeps_every_pair_once_and_cuts_padding():
     assert padded_tokens(grouped) < 0.7 * padded_tokens(plain)
 
 
+def test_columns_keep_one_cell_per_row_and_batches_cover_every_row():
+    import numpy as np
+
+    from rayrm.batching import column_batches, to_columns
+
+    parts = [{"ids": [np.arange(3), np.arange(3)], "lens": [np.array([1, 2])] * 2, "weight": np.ones(2)},
+             {"ids": [np.arange(5)], "lens": [np.array([4, 1])], "weight": np.zeros(1)}]
+    cols = to_columns(parts)
+    # equal-shaped cells stay one cell per row (no 2-D array), ragged ones too
+    assert cols["lens"].shape == cols["ids"].shape == (3,) and cols["lens"].dtype == object
+    assert [len(x) for x in cols["ids"]] == [3, 3, 5] and cols["weight"].tolist() == [1, 1, 0]
+    batches = list(column_batches(cols, 2))
+    assert [len(b["weight"]) for b in batches] == [2, 1]
+    assert [x.tolist() for b in batches for x in b["lens"]] == [[1, 2], [1, 2], [4, 1]]
+
+
 def test_pair_prompt_is_cut_once_for_both_responses():
     from rayrm.data import tokenize_pairs
 

@@ -159,7 +159,7 @@ def test_ranked_losses_train_on_k_wise_rows(ray_cluster, tmp_path, hh_ranked, lo
     cfg = _cfg(tmp_path, hh_ranked, f"train.loss={loss}", "data.eval_fraction=0.25", "train.micro_batch_size=4")
     # a ranked row is one dataset row: sharding and batching cannot split it
     datasets, facts = prepare_datasets(cfg)
-    ks = sorted(len(r["lens"]) for r in datasets["train"])  # tokenised on the driver: a list of rows
+    ks = sorted(len(x) for x in datasets["train"]["lens"])  # tokenised on the driver: numpy columns
     assert ks.count(2) + ks.count(3) + ks.count(4) == len(ks) == facts["train_pairs"] == 48
     m = run_training(cfg)
     rows, _ = read_preferences(hh_ranked)

@@ -42,40 +42,25 @@ def _pad_to_multiple(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]
     return out
 
 
-def _tokenize_here(fn: Any, rows: list[dict[str, Any]], batch_size: int = 256) -> list[dict[str, Any]]:
-    """Run a Ray Data batch function over rows in this process: the same output rows map_batches would give."""
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(rows), batch_size):
-        part = rows[i:i + batch_size]
-        cols = fn({k: [r.get(k) for r in part] for k in part[0]})
-        out += [{k: v[j] for k, v in cols.items()} for j in range(len(part))]
-    return out
+def _tokenize_here(fn: Any, rows: list[dict[str, Any]], batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Run a Ray Data batch function over rows in this process -> the columns map_batches would give, laid out as
+    Ray Data's numpy batches (`rayrm.batching.to_columns`)."""
+    from rayrm.batching import to_columns
+
+    return to_columns([fn({k: [r.get(k) for r in rows[i:i + batch_size]] for k in rows[0]})
+                       for i in range(0, len(rows), batch_size)])
 
 
-def rank_shards(rows: list[dict[str, Any]], world: int) -> list[dict[str, np.ndarray]]:
-    """Tokenised rows -> each rank's share, rows[rank::world] (equal shares: `_pad_to_multiple`), as columns laid out
-    as Ray Data's numpy batches are: an array-valued field becomes an object array of the arrays."""
-    shards = []
-    for rank in range(world):
-        part = rows[rank::world]
-        cols: dict[str, np.ndarray] = {}
-        for k in part[0]:
-            values = [r[k] for r in part]
-            if isinstance(values[0], np.ndarray):
-                cols[k] = np.empty(len(values), dtype=object)
-                for i, v in enumerate(values):
-                    cols[k][i] = v
-            else:
-                cols[k] = np.asarray(values)
-        shards.append(cols)
-    return shards
+def rank_shards(cols: dict[str, np.ndarray], world: int) -> list[dict[str, np.ndarray]]:
+    """Tokenised columns -> each rank's share, rows rank, rank + world, ... (equal shares: `_pad_to_multiple`)."""
+    return [{k: v[rank::world] for k, v in cols.items()} for rank in range(world)]
 
 
 def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read, validate, render and split the preference data; tokenise it (`DRIVER_TOKENIZE_ROWS`).
 
-    Returns ({"train": x, "eval": x}, facts): x is the list of tokenised rows when the driver tokenised them, else a
-    materialised Ray Dataset; facts has row counts, skipped and truncated rows.
+    Returns ({"train": x, "eval": x}, facts): x is a dict of tokenised numpy columns when the driver tokenised them,
+    else a materialised Ray Dataset; facts has row counts, skipped and truncated rows.
     """
     import ray.data
 
@@ -126,7 +111,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         part = _pad_to_multiple(part, world)
         if local_fn is not None:
             out = _tokenize_here(local_fn, part)
-            trunc[name] = sum(int(r["truncated"]) for r in out)
+            trunc[name] = int(out["truncated"].sum())
             return out
         ds = ray.data.from_items(part)
         ds.context.execution_options.preserve_order = True  # same rows in the same order: a seed gives one model
@@ -170,8 +155,8 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
     data, facts = prepare_datasets(cfg)
     world = cfg.scaling.num_workers
     datasets, shards = data, None
-    if isinstance(data["train"], list):  # tokenised here: each worker's rows as one object in the object store
-        datasets, shards = None, {name: [ray.put(s) for s in rank_shards(rows, world)] for name, rows in data.items()}
+    if isinstance(data["train"], dict):  # tokenised here: each worker's rows as one object in the object store
+        datasets, shards = None, {name: [ray.put(s) for s in rank_shards(cols, world)] for name, cols in data.items()}
     rows_per_worker = (facts["train_pairs"] + world - 1) // world
     micro_steps = math.ceil(rows_per_worker / cfg.train.micro_batch_size)
     # DeepSpeed counts micro-steps across epochs; a trailing partial accumulation is not stepped

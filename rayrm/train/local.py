@@ -19,6 +19,7 @@ from rayrm.train.loop import LoopStats
 def local_buffers(cfg: TrainConfig) -> tuple[list[dict[str, np.ndarray]], int]:
     """The training rows tokenised and cut into sorting buffers as the job's one Ray Train worker receives them
     (same split, rendering, tokenizer and buffer size). -> (buffers, train rows)."""
+    from rayrm.batching import column_batches, to_columns
     from rayrm.data import GroupTokenizer, read_preferences, render_group, split_rows
     from rayrm.model import load_tokenizer
 
@@ -30,9 +31,8 @@ def local_buffers(cfg: TrainConfig) -> tuple[list[dict[str, np.ndarray]], int]:
         {"prompt": np.array([r["prompt"] for r in rendered], dtype=object),
          "completions": np.array([r["completions"] for r in rendered], dtype=object),
          "weight": np.ones(len(rendered), np.float32)})
-    cols = {k: (np.array(v, dtype=object) if k == "ids" else np.asarray(v)) for k, v in out.items()}
     size = cfg.train.micro_batch_size * cfg.train.length_group_batches
-    return [{k: v[i: i + size] for k, v in cols.items()} for i in range(0, len(rendered), size)], len(rendered)
+    return list(column_batches(to_columns([out]), size)), len(rendered)
 
 
 def one_rank_group() -> None:

@@ -95,6 +95,7 @@ def train_func(run: dict[str, Any]) -> None:
     from Ray Train's dataset shards)}."""
     import ray.train
 
+    from rayrm.batching import column_batches
     from rayrm.metrics import reward_stats, size_weighted_mean
     from rayrm.train.engine import eval_batches, micro_batches, setup_engine, step_loss_for
     from rayrm.train.evaluate import evaluate, global_mean, peak_memory_gib
@@ -129,8 +130,7 @@ def train_func(run: dict[str, Any]) -> None:
     def buffers(name: str, size: int) -> Any:
         """This rank's rows of `name` in batches of `size` rows (numpy columns), as Ray Data's iter_batches gives."""
         if name in columns:
-            cols = columns[name]
-            return ({k: v[i: i + size] for k, v in cols.items()} for i in range(0, len(cols["weight"]), size))
+            return column_batches(columns[name], size)
         if name not in streams:
             streams[name] = ray.train.get_dataset_shard(name)
         return streams[name].iter_batches(batch_size=size, batch_format="numpy", prefetch_batches=1)
