@@ -308,10 +308,34 @@ def packed_rewards(
         return model.score(hidden.reshape(-1, hidden.shape[-1])[last])[:, 0]
     if seq_len is None:
         raise ValueError("a packed encoder forward needs seq_len (from rayrm.batching.pack_sequences)")
-    hidden = backbone(input_ids=input_ids, position_ids=position_ids, **kw).last_hidden_state
-    first = hidden.reshape(-1, hidden.shape[-1])[last - seq_len.to(last.device) + 1]  # (n, h): each [CLS]
+    first = encoder_states_at(backbone, input_ids, position_ids, last - seq_len.to(last.device) + 1, kw)  # each [CLS]
     pooled = backbone.pooler(first.unsqueeze(1)) if backbone.pooler is not None else first
     return model.classifier(model.dropout(pooled))[:, 0]
+
+
+def encoder_states_at(backbone: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                      at: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+    """A BERT encoder's last hidden states (n, h) at the token positions `at` (n,) of one packed row (`kw`: the
+    varlen segments). Every layer but the last runs over all tokens; the last computes queries, attention output and
+    feed-forward only at `at`, its keys and values from every token of the query's segment. That equals the full
+    forward at those positions, which are all the reward reads, and skips most of a layer's work for the rest."""
+    hidden = backbone.embeddings(input_ids=input_ids, position_ids=position_ids)
+    *layers, top = backbone.encoder.layer
+    for layer in layers:
+        hidden = layer(hidden, None, position_ids=position_ids, **kw)
+    h = hidden[0]  # (T, h)
+    sa = top.attention.self
+    n, heads, d = len(at), sa.num_attention_heads, sa.attention_head_size
+    x = h[at]
+    q = sa.query(x).view(n, heads, d).transpose(0, 1)  # (heads, n, d)
+    k, v = (proj(h).view(-1, heads, d).transpose(0, 1) for proj in (sa.key, sa.value))  # (heads, T, d)
+    cu = kw["cu_seq_lens_q"].to(h.device)
+    segment = torch.searchsorted(cu[1:], torch.arange(h.shape[0], device=h.device), right=True)  # (T,)
+    mask = segment[None, :] == segment[at][:, None]  # (n, T): each query sees its own segment
+    ctx = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling)
+    out = top.attention.output(ctx.transpose(0, 1).reshape(n, heads * d), x)
+    return top.feed_forward_chunk(out)
 
 
 def chunked_rewards(
