@@ -172,11 +172,15 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     """Scalar rewards (b,) for a padded batch (b, s).
 
     Decoders: backbone hidden states at the last position where attention_mask == 1, through the score head.
-    Encoders: the model's own logits (its pooler).
+    Encoders: the model's own logits (its pooler); BERT (`can_pack`) with the last layer computed at [CLS] only
+    (`bert_states_at_first`), the same rewards with less work.
     """
     if not is_decoder(model):
         if bool((attention_mask[:, 0] == 0).any()):
             input_ids, attention_mask = to_right_padding(input_ids, attention_mask)
+        if can_pack(model):
+            return bert_head(model, bert_states_at_first(getattr(model, model.base_model_prefix), input_ids,
+                                                         attention_mask))
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     backbone = getattr(model, model.base_model_prefix)
     if is_right_padded(attention_mask):
@@ -308,34 +312,55 @@ def packed_rewards(
         return model.score(hidden.reshape(-1, hidden.shape[-1])[last])[:, 0]
     if seq_len is None:
         raise ValueError("a packed encoder forward needs seq_len (from rayrm.batching.pack_sequences)")
-    first = encoder_states_at(backbone, input_ids, position_ids, last - seq_len.to(last.device) + 1, kw)  # each [CLS]
-    pooled = backbone.pooler(first.unsqueeze(1)) if backbone.pooler is not None else first
+    first = last - seq_len.to(last.device) + 1  # each sequence's [CLS]
+    return bert_head(model, bert_states_at_first(backbone, input_ids, None, position_ids, first, kw))
+
+
+def bert_head(model: PreTrainedModel, states: torch.Tensor) -> torch.Tensor:
+    """BertForSequenceClassification's head on the [CLS] states (n, H): pooler, dropout, classifier -> (n,)."""
+    backbone = getattr(model, model.base_model_prefix)
+    pooled = backbone.pooler(states.unsqueeze(1)) if backbone.pooler is not None else states
     return model.classifier(model.dropout(pooled))[:, 0]
 
 
-def encoder_states_at(backbone: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                      at: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
-    """A BERT encoder's last hidden states (n, h) at the token positions `at` (n,) of one packed row (`kw`: the
-    varlen segments). Every layer but the last runs over all tokens; the last computes queries, attention output and
-    feed-forward only at `at`, its keys and values from every token of the query's segment. That equals the full
-    forward at those positions, which are all the reward reads, and skips most of a layer's work for the rest."""
+def bert_top_layer_at(top: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A BERT layer's output at query states x (B, m, H) only: keys and values from h (B, T, H), the layer's input,
+    where `mask` (B, m, T) is True. Equals the layer's full forward at those positions, without the attention
+    output and feed-forward of every other token."""
+    sa = top.attention.self
+    heads, d = sa.num_attention_heads, sa.attention_head_size
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, heads, L, d)
+        return t.view(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
+
+    ctx = torch.nn.functional.scaled_dot_product_attention(
+        split(sa.query(x)), split(sa.key(h)), split(sa.value(h)), attn_mask=mask[:, None],
+        dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling)  # (B, heads, m, d)
+    out = top.attention.output(ctx.transpose(1, 2).reshape(x.shape[0], x.shape[1], heads * d), x)
+    return top.feed_forward_chunk(out)
+
+
+def bert_states_at_first(backbone: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                         position_ids: torch.Tensor | None = None, first: torch.Tensor | None = None,
+                         kw: dict[str, Any] | None = None) -> torch.Tensor:
+    """A BERT encoder's last hidden states (n, H) at each sequence's first token ([CLS]), all the pooler reads.
+    Every layer but the last runs over all tokens; the last only at those positions (`bert_top_layer_at`), which
+    skips most of a layer's work. Padded batch (b, s), right-padded: `attention_mask`, first tokens at column 0.
+    One packed row (1, T): `position_ids`, `first` (n,) and `kw` (the varlen segments, `cu_seq_lens_q`)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
     hidden = backbone.embeddings(input_ids=input_ids, position_ids=position_ids)
+    layer_mask = None if attention_mask is None else create_bidirectional_mask(
+        config=backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
     *layers, top = backbone.encoder.layer
     for layer in layers:
-        hidden = layer(hidden, None, position_ids=position_ids, **kw)
-    h = hidden[0]  # (T, h)
-    sa = top.attention.self
-    n, heads, d = len(at), sa.num_attention_heads, sa.attention_head_size
-    x = h[at]
-    q = sa.query(x).view(n, heads, d).transpose(0, 1)  # (heads, n, d)
-    k, v = (proj(h).view(-1, heads, d).transpose(0, 1) for proj in (sa.key, sa.value))  # (heads, T, d)
-    cu = kw["cu_seq_lens_q"].to(h.device)
-    segment = torch.searchsorted(cu[1:], torch.arange(h.shape[0], device=h.device), right=True)  # (T,)
-    mask = segment[None, :] == segment[at][:, None]  # (n, T): each query sees its own segment
-    ctx = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=sa.dropout.p if sa.training else 0.0, scale=sa.scaling)
-    out = top.attention.output(ctx.transpose(0, 1).reshape(n, heads * d), x)
-    return top.feed_forward_chunk(out)
+        hidden = layer(hidden, layer_mask, position_ids=position_ids, **(kw or {}))
+    if first is None:  # padded: row i's query at column 0 sees row i's real tokens
+        return bert_top_layer_at(top, hidden[:, :1], hidden, attention_mask.bool()[:, None, :])[:, 0]
+    cu = kw["cu_seq_lens_q"].to(hidden.device)  # packed: each query sees its own segment
+    segment = torch.searchsorted(cu[1:], torch.arange(hidden.shape[1], device=hidden.device), right=True)  # (T,)
+    mask = segment[None, :] == segment[first][:, None]  # (n, T)
+    return bert_top_layer_at(top, hidden[:, first], hidden, mask[None])[0]
 
 
 def chunked_rewards(

@@ -69,6 +69,32 @@ def test_packed_equals_padded_rewards_loss_and_gradients(model_name, attention):
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), (n, (grads[0][n] - grads[1][n]).abs().max())
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "varlen"])
+def test_bert_rewards_with_the_last_layer_at_cls_equal_the_full_forward(attention):
+    # compute_rewards reads a BERT encoder's last layer at [CLS] only; the model's own forward computes every token
+    tok = load_tokenizer(MINILM)
+    seqs = [[tok.cls_token_id] + s + [tok.sep_token_id] for s in _seqs(8, 6)]
+    ids, mask = pad_batch(seqs, tok.pad_token_id, "right")
+    assert bool((mask == 0).any())  # padding present: the keys' mask matters
+    grads, values = [], []
+    for full in (True, False):
+        model = load_reward_model(MINILM, tok, seed=7)
+        disable_dropout(model)
+        if attention == "varlen":
+            use_varlen_attention(model)
+        else:
+            model.set_attn_implementation(attention)
+        model.train()
+        r = model(input_ids=ids, attention_mask=mask).logits[:, 0] if full else compute_rewards(model, ids, mask)
+        bradley_terry_loss(r[:4], r[4:]).backward()
+        values.append(r.detach())
+        grads.append({n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None})
+    assert values[0].std() > 0 and torch.allclose(values[0], values[1], atol=1e-5), (values[0] - values[1]).abs().max()
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), (n, (grads[0][n] - grads[1][n]).abs().max())
+
+
 def test_packed_rows_do_not_see_each_other():
     # the same sequence packed beside different neighbours gives the same reward; without the restarting
     # positions (one long sequence) it would not
