@@ -43,8 +43,8 @@ def _pad_to_multiple(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]
 
 
 def _tokenize_here(fn: Any, rows: list[dict[str, Any]], batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Run a Ray Data batch function over rows in this process -> the columns map_batches would give, laid out as
-    Ray Data's numpy batches (`rayrm.batching.to_columns`)."""
+    """Run a Ray Data batch function over rows in this process -> the columns map_batches would give, one cell per
+    row (`rayrm.batching.to_columns`)."""
     from rayrm.batching import to_columns
 
     return to_columns([fn({k: [r.get(k) for r in rows[i:i + batch_size]] for k in rows[0]})
