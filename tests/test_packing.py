@@ -18,6 +18,15 @@ def _seqs(n: int, seed: int, lo: int = 1, hi: int = 60) -> list[list[int]]:
     return [rng.integers(5, 1000, int(k)).tolist() for k in rng.integers(lo, hi, n)]
 
 
+def _assert_same_rewards_and_grads(rewards, grads) -> None:
+    """Two forwards' rewards (r0, r1) and parameter gradients agree to 1e-5; the rewards are not all equal."""
+    r0, r1 = rewards
+    assert r0.std() > 0 and torch.allclose(r0, r1, atol=1e-5), (r0 - r1).abs().max()
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), (n, (grads[0][n] - grads[1][n]).abs().max())
+
+
 def test_pack_sequences_layout():
     seqs = _seqs(11, 0) + [[7]]  # a one-token sequence too
     p = pack_sequences(seqs, pad_id=0)
@@ -62,11 +71,8 @@ def test_packed_equals_padded_rewards_loss_and_gradients(model_name, attention):
         values.append((r.detach(), loss.detach()))
         grads.append({n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None})
     (r0, l0), (r1, l1) = values
-    assert r0.std() > 0 and torch.allclose(r0, r1, atol=1e-5), (r0 - r1).abs().max()
     assert torch.allclose(l0, l1, atol=1e-5)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-    for n in grads[0]:
-        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), (n, (grads[0][n] - grads[1][n]).abs().max())
+    _assert_same_rewards_and_grads((r0, r1), grads)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager", "varlen"])
@@ -89,10 +95,7 @@ def test_bert_rewards_with_the_last_layer_at_cls_equal_the_full_forward(attentio
         bradley_terry_loss(r[:4], r[4:]).backward()
         values.append(r.detach())
         grads.append({n: w.grad.clone() for n, w in model.named_parameters() if w.grad is not None})
-    assert values[0].std() > 0 and torch.allclose(values[0], values[1], atol=1e-5), (values[0] - values[1]).abs().max()
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-    for n in grads[0]:
-        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5), (n, (grads[0][n] - grads[1][n]).abs().max())
+    _assert_same_rewards_and_grads(values, grads)
 
 
 def test_packed_rows_do_not_see_each_other():
