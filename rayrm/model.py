@@ -172,15 +172,15 @@ def compute_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     """Scalar rewards (b,) for a padded batch (b, s).
 
     Decoders: backbone hidden states at the last position where attention_mask == 1, through the score head.
-    Encoders: the model's own logits (its pooler); BERT (`can_pack`) with the last layer computed at [CLS] only
-    (`bert_states_at_first`), the same rewards with less work.
+    Encoders: the model's own logits (its pooler); a BERT classifier (`is_bert_classifier`) with the last layer
+    computed at [CLS] only (`bert_cls_states`), the same rewards with less work.
     """
     if not is_decoder(model):
         if bool((attention_mask[:, 0] == 0).any()):
             input_ids, attention_mask = to_right_padding(input_ids, attention_mask)
-        if can_pack(model):
-            return bert_head(model, bert_states_at_first(getattr(model, model.base_model_prefix), input_ids,
-                                                         attention_mask))
+        if is_bert_classifier(model):
+            return bert_head(model, bert_cls_states(getattr(model, model.base_model_prefix), input_ids,
+                                                    attention_mask))
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
     backbone = getattr(model, model.base_model_prefix)
     if is_right_padded(attention_mask):
@@ -269,10 +269,16 @@ def use_varlen_attention(model: PreTrainedModel) -> None:
 PACKABLE_ENCODERS = ("bert",)  # encoder families whose packed forward is tested equal to the padded one
 
 
+def is_bert_classifier(model: PreTrainedModel) -> bool:
+    """An encoder of `PACKABLE_ENCODERS` with a classifier head (BERT: a pooler over the first token, then the
+    classifier), whose reward `bert_head` computes from the [CLS] states alone."""
+    return model.config.model_type in PACKABLE_ENCODERS and hasattr(model, "classifier")
+
+
 def can_pack(model: PreTrainedModel) -> bool:
-    """Decoders, and encoders of `PACKABLE_ENCODERS` (BERT: a pooler over each sequence's first token, then the
-    classifier); other encoders read their head in ways `packed_rewards` does not reproduce."""
-    return is_decoder(model) or (model.config.model_type in PACKABLE_ENCODERS and hasattr(model, "classifier"))
+    """Decoders and BERT classifiers (`is_bert_classifier`); other encoders read their head in ways
+    `packed_rewards` does not reproduce."""
+    return is_decoder(model) or is_bert_classifier(model)
 
 
 def packed_rewards(
@@ -289,8 +295,9 @@ def packed_rewards(
     Decoders: no attention mask; transformers confines attention to each sequence from the restarting
     `position_ids` (SDPA gets a block-diagonal causal mask), or, with `use_varlen_attention`, the segments of
     `cu_seq_lens` go to the varlen kernel. Each reward is the score head at its sequence's last token (`last`).
-    Encoders (`can_pack`): one row through `use_varlen_attention` only (bidirectional attention has no mask from
-    positions); each reward is the pooler and classifier at its sequence's first token (`last - seq_len + 1`).
+    BERT classifiers (`is_bert_classifier`): one row through `use_varlen_attention` only (bidirectional attention has
+    no mask from positions); each reward is the pooler and classifier at its sequence's first token
+    (`last - seq_len + 1`).
     """
     decoder = is_decoder(model)
     if not can_pack(model):
@@ -313,7 +320,7 @@ def packed_rewards(
     if seq_len is None:
         raise ValueError("a packed encoder forward needs seq_len (from rayrm.batching.pack_sequences)")
     first = last - seq_len.to(last.device) + 1  # each sequence's [CLS]
-    return bert_head(model, bert_states_at_first(backbone, input_ids, None, position_ids, first, kw))
+    return bert_head(model, packed_bert_cls_states(backbone, input_ids, position_ids, first, kw))
 
 
 def bert_head(model: PreTrainedModel, states: torch.Tensor) -> torch.Tensor:
@@ -340,27 +347,38 @@ def bert_top_layer_at(top: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, ma
     return top.feed_forward_chunk(out)
 
 
-def bert_states_at_first(backbone: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                         position_ids: torch.Tensor | None = None, first: torch.Tensor | None = None,
-                         kw: dict[str, Any] | None = None) -> torch.Tensor:
-    """A BERT encoder's last hidden states (n, H) at each sequence's first token ([CLS]), all the pooler reads.
-    Every layer but the last runs over all tokens; the last only at those positions (`bert_top_layer_at`), which
-    skips most of a layer's work. Padded batch (b, s), right-padded: `attention_mask`, first tokens at column 0.
-    One packed row (1, T): `position_ids`, `first` (n,) and `kw` (the varlen segments, `cu_seq_lens_q`)."""
+def bert_lower_layers(backbone: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      position_ids: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+    """A BERT encoder's embeddings and every layer but the last, over all tokens: the last layer's input.
+    A padded batch passes its `attention_mask`; a packed row passes None and the varlen segments in `kw`."""
     from transformers.masking_utils import create_bidirectional_mask
 
     hidden = backbone.embeddings(input_ids=input_ids, position_ids=position_ids)
     layer_mask = None if attention_mask is None else create_bidirectional_mask(
         config=backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
-    *layers, top = backbone.encoder.layer
-    for layer in layers:
-        hidden = layer(hidden, layer_mask, position_ids=position_ids, **(kw or {}))
-    if first is None:  # padded: row i's query at column 0 sees row i's real tokens
-        return bert_top_layer_at(top, hidden[:, :1], hidden, attention_mask.bool()[:, None, :])[:, 0]
-    cu = kw["cu_seq_lens_q"].to(hidden.device)  # packed: each query sees its own segment
+    for layer in backbone.encoder.layer[:-1]:
+        hidden = layer(hidden, layer_mask, position_ids=position_ids, **kw)
+    return hidden
+
+
+def bert_cls_states(backbone: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A BERT encoder's last hidden states (b, H) at [CLS] (column 0) of a right-padded batch (b, s), all the pooler
+    reads. Every layer but the last runs over all tokens; the last only at [CLS] (`bert_top_layer_at`), which skips
+    most of a layer's work."""
+    hidden = bert_lower_layers(backbone, input_ids, attention_mask)
+    mask = attention_mask.bool()[:, None, :]  # row i's query at column 0 sees row i's real tokens
+    return bert_top_layer_at(backbone.encoder.layer[-1], hidden[:, :1], hidden, mask)[:, 0]
+
+
+def packed_bert_cls_states(backbone: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                           first: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+    """`bert_cls_states` for one packed row (1, T): `position_ids` restart per sequence, `first` (n,) are the
+    sequences' [CLS] positions and `kw` the varlen segments (`cu_seq_lens_q`). Returns (n, H)."""
+    hidden = bert_lower_layers(backbone, input_ids, None, position_ids, **kw)
+    cu = kw["cu_seq_lens_q"].to(hidden.device)  # each query sees its own segment
     segment = torch.searchsorted(cu[1:], torch.arange(hidden.shape[1], device=hidden.device), right=True)  # (T,)
     mask = segment[None, :] == segment[first][:, None]  # (n, T)
-    return bert_top_layer_at(top, hidden[:, first], hidden, mask[None])[0]
+    return bert_top_layer_at(backbone.encoder.layer[-1], hidden[:, first], hidden, mask[None])[0]
 
 
 def chunked_rewards(
