@@ -4,11 +4,15 @@
     python bench/ray_tax_bench.py --variant MALLOC_ARENA_MAX=1 --variant "MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=..."
 
 Both sides run `rayrm.train.loop.train_epochs` on the same config (one worker, 2 threads, one epoch): the plain side
-through `rayrm.train.local.train_local` in a fresh spawned process (the loop in its main thread), the Ray side
+through `rayrm.train.local.train_local` in a fresh spawned process (the loop in its main thread), with glibc's
+defaults and again with the environment the Ray side's workers get (`scaling.worker_env`), the Ray side
 through `rayrm.train.run_training` (Ray Train runs the loop in a worker's non-main thread), once with the shipped
 `scaling.worker_env` and once per --variant (space-separated KEY=VALUE, replacing worker_env). Loop pairs/s =
-pairs / the loop's wall span (first step's start to last step's end). Rounds interleave the sides; the summary
-gives the median per side and its ratio to the plain process.
+pairs / the loop's wall span (first step's start to last step's end). Over the same span each side's process
+reports its CPU seconds, minor page faults and preemptions (`rayrm.train.loop.usage_now`): a side that keeps fewer
+cores busy for the same CPU seconds per pair is starved (other processes or threads), one that needs more CPU
+seconds per pair does more work. Rounds interleave the sides; the summary gives the median per side and its ratios to
+the two plain processes.
 """
 
 from __future__ import annotations
@@ -30,11 +34,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
 
 
-def plain(cfg) -> float:  # noqa: ANN001 - runs in a spawned process
+def plain(cfg) -> dict[str, float]:  # noqa: ANN001 - runs in a spawned process
     from rayrm.train.local import train_local
 
     _, stats, _, _ = train_local(cfg)
-    return stats.rows / stats.wall_seconds
+    return measures(stats.rows, stats.wall_seconds, stats.usage)
+
+
+def measures(pairs: int, wall_s: float, usage: dict[str, float]) -> dict[str, float]:
+    """Loop pairs/s, and per pair the process's CPU seconds, minor page faults and preemptions (`LoopStats.usage`);
+    `cores` = CPU seconds / wall seconds, the cores the loop kept busy."""
+    return {"pairs_per_s": pairs / wall_s, "cores": usage["cpu_s"] / wall_s, "cpu_s_per_pair": usage["cpu_s"] / pairs,
+            "faults_per_pair": usage["minor_faults"] / pairs, "preemptions_per_pair": usage["preemptions"] / pairs}
 
 
 def main() -> None:
@@ -71,23 +82,38 @@ def main() -> None:
     variants = {"ray (shipped worker_env)": None}
     for v in args.variant:
         variants[f"ray {v}"] = dict(kv.split("=", 1) for kv in v.split())
-    rates: dict[str, list[float]] = {"plain process": [], **{k: [] for k in variants}}
+    shipped = {k: str(v) for k, v in cfg_for("env", None).scaling.worker_env.items()}
+    plains = {"plain process": {}, "plain process, shipped worker_env": shipped}  # env of the spawned process
+    rates: dict[str, list[dict[str, float]]] = {**{k: [] for k in plains}, **{k: [] for k in variants}}
     ray.init(num_cpus=max(2, args.threads), include_dashboard=False, log_to_driver=False)
     for k in range(args.rounds):
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rates["plain process"].append(pool.submit(plain, cfg_for(f"plain{k}", None)).result())
-        print(json.dumps({"round": k, "side": "plain process", "pairs_per_s": rates["plain process"][-1]}), flush=True)
+        for i, (name, env) in enumerate(plains.items()):
+            saved = dict(os.environ)
+            os.environ.update(env)  # glibc reads MALLOC_* when the process starts: set before the spawn
+            try:
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    rates[name].append(pool.submit(plain, cfg_for(f"plain{k}-{i}", None)).result())
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            print(json.dumps({"round": k, "side": name, **rates[name][-1]}), flush=True)
         for i, (name, env) in enumerate(variants.items()):
             m = run_training(cfg_for(f"ray{k}-{i}", env))
-            rates[name].append(m["train_pairs"] / m["train_loop_wall_s"])
-            print(json.dumps({"round": k, "side": name, "pairs_per_s": rates[name][-1]}), flush=True)
+            usage = {u: m[f"train_loop_{u}"] for u in ("cpu_s", "minor_faults", "preemptions")}
+            rates[name].append(measures(m["train_pairs"], m["train_loop_wall_s"], usage))
+            print(json.dumps({"round": k, "side": name, **rates[name][-1]}), flush=True)
     ray.shutdown()
-    base = statistics.median(rates["plain process"])
+    med = {name: {q: statistics.median(r[q] for r in runs) for q in runs[0]} for name, runs in rates.items()}
+    base, base_env = (med[k]["pairs_per_s"] for k in plains)
     print(f"\nRay tax: MiniLM, {args.pairs} pairs, max_length {args.max_length}, 1 worker x {args.threads} threads, "
-          f"{args.rounds} rounds, {os.cpu_count()} CPUs")
-    for name, xs in rates.items():
-        print(f"{name:<60} {statistics.median(xs):6.2f} pairs/s  ({', '.join(f'{x:.2f}' for x in xs)})  "
-              f"{statistics.median(xs) / base:.2f}x plain")
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs; medians of rounds")
+    for name, runs in rates.items():
+        m = med[name]
+        each = ", ".join(f"{r['pairs_per_s']:.2f}" for r in runs)
+        print(f"{name:<45} {m['pairs_per_s']:6.2f} pairs/s ({each}) {m['pairs_per_s'] / base:.2f}x plain, "
+              f"{m['pairs_per_s'] / base_env:.2f}x plain with worker_env | "
+              f"{m['cores']:.2f} cores, {m['cpu_s_per_pair']:.3f} CPU s, {m['faults_per_pair']:.0f} faults, "
+              f"{m['preemptions_per_pair']:.1f} preemptions per pair")
 
 
 if __name__ == "__main__":

@@ -191,3 +191,5 @@ def test_the_loop_clock_starts_with_the_first_micro_batch_in_hand():
     stats = train_epochs(TorchEngine(), batches, lambda e, b, w: e.model(b["x"]).pow(2).mean(), state, 1)
     assert state["step"] == 3 and stats.rows == 6
     assert stats.first_batch_s >= 0.5 > stats.wall_seconds >= stats.seconds and stats.phase["data"] < 0.5
+    # resource use over the same span: not the sleep before it (under a second of CPU for six tiny steps)
+    assert set(stats.usage) == {"cpu_s", "minor_faults", "preemptions"} and 0 <= stats.usage["cpu_s"] < 0.5

@@ -71,6 +71,10 @@ def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
     assert metrics["train_pairs_per_s"] > 0 and all(x > 0 for x in shares) and abs(sum(shares) - 1) < 1e-6
     # the loop's wall span (first step's start to last step's end) holds the phases and the progress between steps
     assert metrics["train_loop_wall_s"] >= metrics["train_loop_s"] > 0
+    # the worker process's CPU seconds over that span (evaluations and checkpoints between steps included): seconds,
+    # so no more than every core for the whole span
+    assert 0 < metrics["train_loop_cpu_s"] <= metrics["train_loop_wall_s"] * os.cpu_count()
+    assert metrics["train_loop_minor_faults"] > 0 and metrics["train_loop_preemptions"] >= 0
     assert meta["precision"] == "fp32"  # deepspeed.precision auto on a CPU (tests pin auto to fp32 in any case)
     report = json.load(open(os.path.join(export, "report", "eval_report.json")))  # end-of-training eval report
     assert report["num_pairs"] == metrics["eval_pairs"] and abs(report["accuracy"] - metrics["eval_accuracy"]) < 1e-6

@@ -11,6 +11,7 @@ resume point a checkpoint stores; the loop fast-forwards past micro-batches it a
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -31,6 +32,7 @@ class LoopStats:
     started: float | None = None  # perf_counter when the first micro-batch was in hand (as a Trainer's on_step_begin)
     first_batch_s: float = 0.0  # waiting for that first micro-batch (starting the data stream): not loop time
     ended: float | None = None  # ... when the last optimizer step ended
+    usage: dict[str, float] = field(default_factory=dict)  # this process's resource use over that span (`usage_now`)
 
     @property
     def wall_seconds(self) -> float:
@@ -45,6 +47,14 @@ class LoopStats:
 
     def shares(self) -> dict[str, float]:
         return {k: v / self.seconds for k, v in self.phase.items()}
+
+
+def usage_now() -> dict[str, float]:
+    """This process's CPU seconds (all threads, user + system), minor page faults and involuntary context switches
+    so far: over the loop's span they tell a starved loop (CPU seconds short of threads x wall seconds, preemptions)
+    from a slow one (more CPU seconds or page faults for the same work)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": u.ru_utime + u.ru_stime, "minor_faults": u.ru_minflt, "preemptions": u.ru_nivcsw}
 
 
 def new_state() -> dict[str, int]:
@@ -62,6 +72,7 @@ def train_epochs(
     """Train from `state` to the end of `epochs`; DeepSpeed steps the optimizer every gradient_accumulation_steps
     micro-batches. Updates `state` in place and returns this worker's stats."""
     stats = LoopStats()
+    usage0: dict[str, float] = {}
     while state["epoch"] < epochs:
         t_last = time.perf_counter()
         for micro, (batch, weight) in enumerate(batches_of_epoch(state["epoch"])):
@@ -73,6 +84,7 @@ def train_epochs(
             if stats.started is None:  # the loop clock starts with the first micro-batch in hand
                 stats.first_batch_s = t_data - t_last
                 stats.started = t_last = t_data
+                usage0 = usage_now()
             loss = step_loss(engine, batch, weight)
             t_fwd = time.perf_counter()
             engine.backward(loss)
@@ -91,6 +103,7 @@ def train_epochs(
                 continue
             # 2. an optimizer step is done: the caller's progress, evaluation and checkpoint, outside loop time
             stats.ended = t_end
+            stats.usage = {k: v - usage0[k] for k, v in usage_now().items()}
             state["step"] += 1
             if after_step is not None:
                 after_step(state["step"], stats)

@@ -186,6 +186,7 @@ def train_func(run: dict[str, Any]) -> None:
         "train_loop_s": stats.seconds,  # rank 0's loop phases
         "train_loop_wall_s": stats.wall_seconds,  # rank 0's first step start to last step end
         "train_first_batch_s": stats.first_batch_s,  # rank 0's wait for its first micro-batch
+        **{f"train_loop_{k}": v for k, v in stats.usage.items()},  # rank 0's process over the loop's wall span
         **{f"train_share_{k}": v for k, v in stats.shares().items()},
         "restarts": state["restarts"],
         "peak_memory_gib": max(peaks),
