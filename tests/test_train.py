@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 
 import pytest
 import torch
@@ -95,9 +97,31 @@ def _check_export(export: str, cfg: TrainConfig, metrics: dict) -> None:
     assert torch.allclose(batch, alone, atol=1e-5)
 
 
+def _gone_within(seconds: float, title: str) -> bool:
+    """No process on this machine is titled `title` (Ray names an actor's process ray::<class>) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        titles = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    titles.append(f.read().split(b"\0")[0].decode(errors="replace"))
+            except OSError:
+                pass  # the process ended meanwhile
+        if not any(t.startswith(title) for t in titles):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def test_zero2_two_workers_trains_evaluates_and_exports(ray_cluster, tmp_path, hh_small):
     cfg = _cfg(tmp_path, hh_small, "deepspeed.zero_stage=2", "train.eval_every=2", "train.checkpoint_every=3")
+    sigint = signal.getsignal(signal.SIGINT)
     m = run_training(cfg)
+    # Ray Train's Ctrl-C handler is gone with its run, and so is the run's controller actor it held
+    assert signal.getsignal(signal.SIGINT) is sigint
+    assert _gone_within(30, "ray::TrainController")
     assert m["train_pairs"] == 84 and m["eval_pairs"] == 12 and m["skipped_rows"] == 0
     assert m["step"] == 6  # 42 pairs per worker / 8 per micro-batch -> 6 optimizer steps
     for k in ("eval_loss", "eval_accuracy", "eval_margin", "eval_ece", "eval_reward_mean", "eval_reward_std"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -201,10 +203,15 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
                                if stage != cfg.deepspeed.zero_stage else "")
     say(f"training {total_steps} steps on {world} workers ({zero}, {precision})")
     t0 = time.time()
+    # fit() installs a SIGINT handler (Ctrl-C aborts the run) and leaves it in place; it holds the run's controller
+    # actor, which then stays alive, idle, until the next fit. Restoring ours lets both go when the run is over.
+    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         result = trainer.fit()
     finally:
         board.close()
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
     wall = time.time() - t0
     if result.error:
         raise result.error
