@@ -195,3 +195,18 @@ def test_ranked_losses_train_on_k_wise_rows(ray_cluster, tmp_path, hh_ranked, lo
     # every ordered pair of every held-out ranking is evaluated once: sum of C(K, 2)
     assert m["eval_num_pairs"] == sum(len(r["completions"]) * (len(r["completions"]) - 1) // 2 for r in held)
     assert m["step"] == 6 and m["train_loss"] == m["train_loss"]  # 24 groups per worker / 4 -> 6 steps; not NaN
+
+
+def test_ingest_options_keep_order_and_log_no_deprecation():
+    # Ray's DataConfig.default_ingest_options() sets the deprecated exclude_resources: a warning in every run
+    import warnings
+
+    from ray.train import DataConfig
+
+    from rayrm.train.driver import ingest_options
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*exclude_resources")
+        opts = ingest_options()
+        DataConfig(execution_options=opts)
+    assert opts.preserve_order and opts.resource_limits == DataConfig.default_ingest_options().resource_limits

@@ -138,6 +138,17 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return datasets, facts
 
 
+def ingest_options() -> Any:
+    """Ray Data's options for the workers' dataset shards: `DataConfig.default_ingest_options()` without its
+    deprecated `exclude_resources` (which logs a deprecation warning in every run), in the same order on every run
+    (reproducible training)."""
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                            verbose_progress=current.verbose_progress)
+
+
 def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = None) -> dict[str, Any]:
     """The training job: returns the final metrics and writes the export to <output_dir>/final.
 
@@ -177,8 +188,7 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
     board = Board.start()  # rank 0's progress lines, printed here once
     run = {"cfg": worker_cfg, "total_steps": total_steps, "progress": board.handle, "on_checkpoint": on_checkpoint,
            "shards": shards}
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # each worker's shard in the same order on every run (reproducible training)
+    ingest = ingest_options()
     trainer = TorchTrainer(
         train_func,
         train_loop_config=run,
