@@ -13,6 +13,11 @@ reports its CPU seconds, minor page faults and preemptions (`rayrm.train.loop.us
 cores busy for the same CPU seconds per pair is starved (other processes or threads), one that needs more CPU
 seconds per pair does more work. Rounds interleave the sides; the summary gives the median per side and its ratios to
 the two plain processes.
+
+`--wakeups START,SPAN` also reads `/proc` for every process on the machine START seconds into each side's run and
+again SPAN seconds later (pick START past the model load, inside the loop) and prints, per process, its wakeups
+(voluntary context switches, all threads), CPU share and preemptions per second over that span: what runs beside the
+loop and how often it takes a core from it. Linux only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +55,61 @@ def measures(pairs: int, wall_s: float, usage: dict[str, float]) -> dict[str, fl
             "faults_per_pair": usage["minor_faults"] / pairs, "preemptions_per_pair": usage["preemptions"] / pairs}
 
 
+def proc_counters() -> dict[int, tuple[str, int, int, int]]:
+    """pid -> (process title, CPU clock ticks, voluntary and involuntary context switches), summed over its threads."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = " ".join(f.read().decode(errors="replace").replace("\0", " ").split())
+            if not title:  # a kernel thread
+                with open(f"/proc/{pid}/comm") as f:
+                    title = f"[{f.read().strip()}]"
+            ticks = vol = inv = 0
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    stat = f.read()
+                fields = stat[stat.rindex(")") + 2:].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime + stime
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            inv += int(line.split()[1])
+            out[int(pid)] = (title, ticks, vol, inv)
+        except (OSError, ValueError, IndexError):  # the process or thread ended while being read
+            pass
+    return out
+
+
+class Wakeups:
+    """Samples `proc_counters` `start` seconds after it is made and again `span` seconds later, in a thread."""
+
+    def __init__(self, start: float, span: float):
+        self.rows: list[tuple[float, float, float, str]] = []  # wakeups/s, % of a core, preemptions/s, title
+        self._thread = threading.Thread(target=self._run, args=(start, span), daemon=True)
+        self._thread.start()
+
+    def _run(self, start: float, span: float) -> None:
+        time.sleep(start)
+        a, t0 = proc_counters(), time.perf_counter()
+        time.sleep(span)
+        b, dt = proc_counters(), time.perf_counter() - t0
+        hz = os.sysconf("SC_CLK_TCK")
+        self.rows = sorted(((vol - a[p][2]) / dt, 100 * (ticks - a[p][1]) / hz / dt, (inv - a[p][3]) / dt, title)
+                           for p, (title, ticks, vol, inv) in b.items() if p in a and a[p][0] == title)[::-1]
+
+    def report(self, side: str) -> None:
+        self._thread.join()
+        if not self.rows:
+            print(f"wakeups ({side}): the run ended before the sample did", flush=True)
+            return
+        print(f"wakeups ({side}): all processes {sum(r[0] for r in self.rows):.0f}/s; busiest:", flush=True)
+        for wake, cpu, inv, title in [r for r in self.rows if r[0] or r[1]][:16]:
+            print(f"  {wake:7.1f} wakeups/s {cpu:6.2f}% of a core {inv:7.1f} preemptions/s  {title[:70]}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=160)
@@ -55,7 +117,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--variant", action="append", default=[], help="worker_env to try: 'K=V K2=V2' (repeatable)")
+    p.add_argument("--wakeups", metavar="START,SPAN", help="sample every process's wakeups during each side's loop")
     args = p.parse_args()
+    sample = (lambda: Wakeups(*map(float, args.wakeups.split(",")))) if args.wakeups else None
 
     import ray
 
@@ -92,16 +156,23 @@ def main() -> None:
             os.environ.update(env)  # glibc reads MALLOC_* when the process starts: set before the spawn
             try:
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    rates[name].append(pool.submit(plain, cfg_for(f"plain{k}-{i}", None)).result())
+                    job = pool.submit(plain, cfg_for(f"plain{k}-{i}", None))
+                    wakeups = sample and sample()
+                    rates[name].append(job.result())
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
             print(json.dumps({"round": k, "side": name, **rates[name][-1]}), flush=True)
+            if wakeups:
+                wakeups.report(name)
         for i, (name, env) in enumerate(variants.items()):
+            wakeups = sample and sample()
             m = run_training(cfg_for(f"ray{k}-{i}", env))
             usage = {u: m[f"train_loop_{u}"] for u in ("cpu_s", "minor_faults", "preemptions")}
             rates[name].append(measures(m["train_pairs"], m["train_loop_wall_s"], usage))
             print(json.dumps({"round": k, "side": name, **rates[name][-1]}), flush=True)
+            if wakeups:
+                wakeups.report(name)
     ray.shutdown()
     med = {name: {q: statistics.median(r[q] for r in runs) for q in runs[0]} for name, runs in rates.items()}
     base, base_env = (med[k]["pairs_per_s"] for k in plains)
