@@ -56,7 +56,8 @@ def measures(pairs: int, wall_s: float, usage: dict[str, float]) -> dict[str, fl
 
 
 def proc_counters() -> dict[int, tuple[str, int, int, int]]:
-    """pid -> (process title, CPU clock ticks, voluntary and involuntary context switches), summed over its threads."""
+    """pid -> (process title, CPU clock ticks, voluntary and involuntary context switches), summed over its threads.
+    A Ray worker's title names the method it runs at the moment (`ray::Board.drain`), so rows match by pid."""
     out = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -98,7 +99,7 @@ class Wakeups:
         b, dt = proc_counters(), time.perf_counter() - t0
         hz = os.sysconf("SC_CLK_TCK")
         self.rows = sorted(((vol - a[p][2]) / dt, 100 * (ticks - a[p][1]) / hz / dt, (inv - a[p][3]) / dt, title)
-                           for p, (title, ticks, vol, inv) in b.items() if p in a and a[p][0] == title)[::-1]
+                           for p, (title, ticks, vol, inv) in b.items() if p in a)[::-1]
 
     def report(self, side: str) -> None:
         self._thread.join()
