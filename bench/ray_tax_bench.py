@@ -98,8 +98,8 @@ class Wakeups:
         time.sleep(span)
         b, dt = proc_counters(), time.perf_counter() - t0
         hz = os.sysconf("SC_CLK_TCK")
-        self.rows = sorted(((vol - a[p][2]) / dt, 100 * (ticks - a[p][1]) / hz / dt, (inv - a[p][3]) / dt, title)
-                           for p, (title, ticks, vol, inv) in b.items() if p in a)[::-1]
+        self.rows = sorted([((vol - a[p][2]) / dt, 100 * (ticks - a[p][1]) / hz / dt, (inv - a[p][3]) / dt, title)
+                            for p, (title, ticks, vol, inv) in b.items() if p in a], reverse=True)
 
     def report(self, side: str) -> None:
         self._thread.join()

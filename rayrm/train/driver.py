@@ -188,14 +188,13 @@ def run_training(cfg: TrainConfig, on_checkpoint: Callable[..., None] | None = N
     board = Board.start()  # rank 0's progress lines, printed here once
     run = {"cfg": worker_cfg, "total_steps": total_steps, "progress": board.handle, "on_checkpoint": on_checkpoint,
            "shards": shards}
-    ingest = ingest_options()
     trainer = TorchTrainer(
         train_func,
         train_loop_config=run,
         scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         datasets=datasets,
-        dataset_config=DataConfig(execution_options=ingest),
+        dataset_config=DataConfig(execution_options=ingest_options()),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path or os.path.join(output_dir, "ray"),
