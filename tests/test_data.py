@@ -300,3 +300,22 @@ def test_padding_chunks_cover_every_row_once_and_cut_padding():
         for cuts in itertools.combinations(range(1, len(srt)), 1)
     )
     assert sum(len(p) * lens[p].max() for p in parts) == brute
+
+
+def test_hh_text_becomes_chat_messages():
+    from rayrm.data import hh_to_messages
+
+    row = {"prompt": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: why?\n\nAssistant:", "chosen": " Because.",
+           "rejected": " No.", "margin": 1.0}
+    out = hh_to_messages(row, "f.jsonl: row 3")
+    assert out["prompt"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                             {"role": "user", "content": "why?"}]
+    assert out["chosen"] == [{"role": "assistant", "content": "Because."}] and out["margin"] == 1.0
+    assert out["rejected"] == [{"role": "assistant", "content": "No."}]
+    ranked = hh_to_messages({"prompt": "\n\nHuman: q\n\nAssistant:", "completions": [" a", " b"]}, "x")
+    assert ranked["completions"] == [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]]
+    msgs = {"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}
+    assert hh_to_messages(msgs, "x") is msgs  # already messages: unchanged
+    for bad in ("plain text", "\n\nHuman: q", "\n\nHuman: q\n\nAssistant: half an answer"):
+        with pytest.raises(BadRowError, match=r"f.jsonl: row 3: field 'prompt' is not HH dialogue"):
+            hh_to_messages({"prompt": bad, "chosen": "a", "rejected": "b"}, "f.jsonl: row 3")

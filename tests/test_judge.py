@@ -25,6 +25,34 @@ def test_both_orders_cancel_position_bias(judge, hh_rows):
     assert abs(float(same[0]) - 0.5) < 1e-6  # identical responses: no preference, whatever the position bias
 
 
+def test_p_a_better_equals_plain_next_token_logits(judge, hh_rows):
+    # by hand: the judging text in each order, one plain transformers forward each, softmax over the logits of the
+    # " A" and " B" tokens at the last position; P(a better) = mean of P("A" | a first) and P("B" | b first)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rayrm.judge import DEFAULT_TEMPLATE
+    from rayrm.model import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
+    torch.manual_seed(0)  # the Judge's seed for a config-only model: the same random weights
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(TINY_QWEN3)).eval()
+    a_id, b_id = (tok(v, add_special_tokens=False)["input_ids"][0] for v in (" A", " B"))
+
+    def p_first(prompt: str, x: str, y: str) -> float:
+        ids = tok(DEFAULT_TEMPLATE.format(prompt=prompt, a=x, b=y), add_special_tokens=False)["input_ids"][-96:]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        return float(torch.softmax(logits[[a_id, b_id]], 0)[0])
+
+    rows = hh_rows[:5]
+    want = np.array([(p_first(r["prompt"], r["chosen"], r["rejected"]) + 1 - p_first(r["prompt"], r["rejected"],
+                      r["chosen"])) / 2 for r in rows])
+    got = judge.judge([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    assert np.abs(want - 0.5).max() > 1e-3  # the check can tell a swapped verdict (1 - p) from the right one
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_judging_does_not_depend_on_batching(judge, hh_rows):
     rows = hh_rows[:7]
     args = ([r["prompt"][-200:] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])

@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT
 from rayrm.client import BadRewardRequest, RewardClient, RewardServerError, prompt_groups
 from rayrm.config import ConfigError, ServeConfig, build_config, load_config
-from rayrm.serve import _batch_slots, _Row, build_app, deploy, whiten_groups
+from rayrm.serve import _batch_slots, _queue_rows, build_app, deploy, whiten_groups
 
 PORT = 8123
 URL = f"http://127.0.0.1:{PORT}"
@@ -88,11 +88,18 @@ def test_whiten_groups_by_hand():
 
 
 def test_batch_size_counts_rows_or_tokens_whichever_binds():
-    # 64 rows x 256 tokens per row = a 16384-token budget; slots = tokens / 256, at least 1 per row
-    short = [_Row([0] * 10, 1.0)] * 5
-    long = [_Row([0] * 1024, 4.0)] * 5
-    assert _batch_slots(short) == 5 and _batch_slots(long) == 20
-    assert _batch_slots([_Row([0] * 300, 300 / 256)] * 3) == math.ceil(900 / 256)
+    # budget 16384 tokens for 64 rows = 256 tokens per slot; a row takes max(1, tokens / 256) slots, at most 64
+    def slots(lengths: list[int], budget: int = 16384, rows: int = 64) -> int:
+        return _batch_slots(_queue_rows([[7] * n for n in lengths], None, budget, rows))
+
+    assert slots([10] * 5) == 5  # short rows: the row count binds
+    assert slots([1024] * 5) == 20  # 4 slots each: the tokens bind
+    assert slots([300] * 3) == math.ceil(900 / 256)  # fractions add up before rounding
+    assert slots([10, 1024]) == 5  # 1 + 4
+    assert slots([100_000]) == 64  # longer than the whole budget: one full batch, still run
+    assert slots([1024] * 3, budget=4096, rows=8) == 6  # 512 tokens per slot under the smaller budget
+    marked = _queue_rows([[1, 2, 3], [4, 5]], [[2], [1]], 16384, 64)
+    assert [r.marks for r in marked] == [[2], [1]] and [r.ids for r in marked] == [[1, 2, 3], [4, 5]]
 
 
 def test_prompt_groups_and_client_arguments():

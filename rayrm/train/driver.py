@@ -66,7 +66,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     import ray.data
 
-    from rayrm.data import GroupTokenizer, read_preferences, read_rows, render_group, split_rows
+    from rayrm.data import GroupTokenizer, hh_to_messages, read_preferences, read_rows, render_group, split_rows
     from rayrm.losses import PAIRWISE_LOSSES
     from rayrm.model import load_tokenizer
     from rayrm.token_tasks import TokenTaskTokenizer, validate_outcome_row, validate_process_row
@@ -78,7 +78,10 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     def read(path: str) -> Any:
         if cfg.task == "reward":
-            return read_preferences(path, d.split, d.on_bad_row, need_margin, ratings, max_k)
+            rows, report = read_preferences(path, d.split, d.on_bad_row, need_margin, ratings, max_k)
+            if d.hh_messages:
+                rows = [hh_to_messages(r, f"{path}: row {i + 1}") for i, r in enumerate(rows)]
+            return rows, report
         return read_rows(path, validate_outcome_row if cfg.task == "orm" else validate_process_row, d.split, d.on_bad_row)
 
     rows, report = read(d.path)

@@ -20,10 +20,12 @@ def local_buffers(cfg: TrainConfig) -> tuple[list[dict[str, np.ndarray]], int]:
     """The training rows tokenised and cut into sorting buffers as the job's one Ray Train worker receives them
     (same split, rendering, tokenizer and buffer size). -> (buffers, train rows)."""
     from rayrm.batching import column_batches, to_columns
-    from rayrm.data import GroupTokenizer, read_preferences, render_group, split_rows
+    from rayrm.data import GroupTokenizer, hh_to_messages, read_preferences, render_group, split_rows
     from rayrm.model import load_tokenizer
 
     rows, _ = read_preferences(cfg.data.path)
+    if cfg.data.hh_messages:
+        rows = [hh_to_messages(r, f"{cfg.data.path}: row {i + 1}") for i, r in enumerate(rows)]
     train_rows, _ = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     rendered = [{k: v for k, v in render_group(r, tok).items() if k in ("prompt", "completions")} for r in train_rows]
