@@ -197,6 +197,7 @@ def main() -> None:
     p.add_argument("--model", choices=sorted(MODELS), default="minilm")
     p.add_argument("--pairs", type=int, default=640, help="train pairs (of those that fit max_length)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--held-out", type=int, default=None, help="evaluate on the first N held-out pairs (default all 384)")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16, help="pairs per optimizer step")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -220,6 +221,7 @@ def main() -> None:
     model_name, tok_name = MODELS[args.model]
     rows, _ = read_preferences(HH)
     train, held = split_rows(rows, 0.1, 0)  # the job's own 10% hold-out (data.seed 0): 3,459 / 384 pairs
+    held = held[: args.held_out]
     tok = load_tokenizer(tok_name or model_name)
     layout = special_layout(tok)
     chat = args.model in CHAT

@@ -65,6 +65,8 @@ class DataConfig(Section):
     eval_path: str | None = F(None, "separate held-out file; null -> hold out `eval_fraction` of `path`")
     eval_fraction: float = F(0.1, "random share of `path` held out for evaluation", ge=0.0, lt=1.0)
     max_pairs: PosInt | None = F(None, "use only the first N valid pairs (quick runs); null -> all")
+    max_train_pairs: PosInt | None = F(None, "train on only the first N pairs of the training split; the held-out "
+                                             "split stays that of the whole file (compare recipes on the same pairs)")
     max_length: int = F(512, "tokens per prompt+response; longer ones lose prompt tokens from the left first", ge=8)
     on_bad_row: Literal["error", "skip"] = F("error", "error: stop naming file/line/field; skip: skip, count, report")
     seed: int = F(0, "seed of the train/eval split")

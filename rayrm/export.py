@@ -40,6 +40,8 @@ class ExportMeta(BaseModel):
     max_length: int = Field(ge=1, description="tokens per prompt + completion; longer ones lose the prompt's start")
     padding_side: Literal["left", "right"] = "right"
     append_eos: bool = Field(True, description="an EOS (or [SEP]) ends every sequence, as in training")
+    hh_messages: bool = Field(False, description="training rendered HH text prompts as chat messages "
+                              "(data.hh_messages); the monitor repeats it for canary pairs")
     loss: str = Field(description="train.loss of the run ('untrained' for a fresh head)")
     dtype: str = Field(description="dtype of the saved weights")
     precision: str | None = Field(None, description="the precision training ran in (deepspeed.precision, auto resolved)")

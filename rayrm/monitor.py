@@ -46,7 +46,7 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- scoring the canary
 def score_canary(cfg: MonitorConfig) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
     """Read, render and score the canary -> (scorer, r_c (n,), r_r (n,), pair lengths (n,), counts)."""
-    from rayrm.data import read_preferences, render_row
+    from rayrm.data import hh_to_messages, read_preferences, render_row
     from rayrm.infer import RewardScorer
 
     scorer = RewardScorer(cfg.model, dtype=cfg.dtype, device=cfg.device, token_budget=cfg.token_budget,
@@ -59,6 +59,8 @@ def score_canary(cfg: MonitorConfig) -> tuple[Any, torch.Tensor, torch.Tensor, t
         rows = rows[: cfg.max_pairs]
     if len(rows) < cfg.min_pairs:
         raise MonitorError(f"{cfg.canary}: {len(rows)} valid pairs, fewer than min_pairs={cfg.min_pairs}")
+    if scorer.meta.get("hh_messages"):  # rendered as training rendered them
+        rows = [hh_to_messages(r, f"{cfg.canary}: row {i + 1}") for i, r in enumerate(rows)]
     texts = [render_row(r, scorer.tokenizer) for r in rows]
     n = len(texts)
     prompts = [t["prompt"] for t in texts]

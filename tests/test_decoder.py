@@ -64,13 +64,14 @@ def test_smollm2_trains_scores_and_serves_like_plain_transformers(ray_cluster, t
 
     cfg = load_config(ROOT / "configs/train/smollm2_hh.yaml", [
         f"output_dir={tmp_path}", f"data.path={short_pairs}", "data.eval_fraction=0.2", "data.max_length=256",
-        "data.max_pairs=null", "scaling.num_workers=1", "scaling.cpus_per_worker=1", "train.micro_batch_size=8",
+        "data.max_train_pairs=null", "scaling.num_workers=1", "scaling.cpus_per_worker=1", "train.micro_batch_size=8",
         "train.eval_every=0", "train.checkpoint_every=0"], TrainConfig)
     m = run_training(cfg)
     assert m["train_pairs"] == 16 and m["eval_pairs"] == 4 and m["truncated_train"] == 0
     final = str(tmp_path / "final")
     meta = json.load(open(os.path.join(final, "rayrm.json")))
     assert meta["base_model"] == SMOLLM2 and meta["architecture"] == "LlamaForSequenceClassification"
+    assert meta["hh_messages"] is True  # the monitor renders canary pairs the same way
 
     rows = [hh_to_messages(json.loads(x), "t") for x in open(short_pairs)]
     prompts = [r["prompt"] for r in rows for _ in (0, 1)]

@@ -213,3 +213,14 @@ def test_ingest_options_keep_order_and_log_no_deprecation():
         opts = ingest_options()
         DataConfig(execution_options=opts)
     assert opts.preserve_order and opts.resource_limits == DataConfig.default_ingest_options().resource_limits
+
+
+def test_max_train_pairs_cuts_the_training_split_only(tmp_path, hh_small):
+    from rayrm.train import prepare_datasets
+
+    full, facts_full = prepare_datasets(_cfg(tmp_path, hh_small, "scaling.num_workers=1"))
+    cut, facts_cut = prepare_datasets(_cfg(tmp_path, hh_small, "scaling.num_workers=1", "data.max_train_pairs=10"))
+    assert facts_full["train_pairs"] == 84 and facts_cut["train_pairs"] == 10
+    assert facts_cut["eval_pairs"] == facts_full["eval_pairs"] == 12  # the same held-out pairs
+    ids = lambda part, name: [x.tolist() for x in part[name]["ids"]]  # noqa: E731
+    assert ids(cut, "eval") == ids(full, "eval") and ids(cut, "train") == ids(full, "train")[:10]

@@ -93,6 +93,7 @@ def prepare_datasets(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         train_rows = rows
     else:
         train_rows, eval_rows = split_rows(rows, d.eval_fraction, d.seed)
+    train_rows = train_rows[: d.max_train_pairs]
     if report.skipped:
         say(f"skipped {report.skipped} bad rows (data.on_bad_row=skip); first: {report.errors[:3]}")
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)

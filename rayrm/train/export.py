@@ -40,6 +40,7 @@ def write_export(engine: Any, tok: Any, cfg: TrainConfig, rank: int, out_dir: st
         aggregate=cfg.train.aggregate or DEFAULT_AGGREGATE.get(cfg.task),
         step_separator=cfg.data.step_separator,
         max_length=cfg.data.max_length,
+        hh_messages=cfg.data.hh_messages,
         padding_side=tok.padding_side,
         loss=cfg.train.loss,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -26,7 +26,7 @@ def local_buffers(cfg: TrainConfig) -> tuple[list[dict[str, np.ndarray]], int]:
     rows, _ = read_preferences(cfg.data.path)
     if cfg.data.hh_messages:
         rows = [hh_to_messages(r, f"{cfg.data.path}: row {i + 1}") for i, r in enumerate(rows)]
-    train_rows, _ = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)
+    train_rows = split_rows(rows, cfg.data.eval_fraction, cfg.data.seed)[0][: cfg.data.max_train_pairs]
     tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     rendered = [{k: v for k, v in render_group(r, tok).items() if k in ("prompt", "completions")} for r in train_rows]
     out = GroupTokenizer(cfg.tokenizer or cfg.model, cfg.data.max_length)(
